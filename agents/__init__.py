@@ -1,0 +1,1 @@
+"""Agents, one module per stream; found by Faust's autodiscovery."""

@@ -1,0 +1,56 @@
+"""Validate and normalise raw messages from the input topics.
+
+Rejections go to the dead-letter topic; readings go on to ``readings-by-sensor``,
+partitioned by sensor, many readings per message, so the per-sensor stage pays
+Faust's per-message cost once per batch instead of once per reading. A batch's
+input messages are acknowledged only after its output is handed to the producer,
+and offsets are committed only after the producer flushed: at-least-once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from app import metrics
+from app.contract import Contract, Reading, Source, dead_letter, encode_batch, now_us
+from app.main import app, settings
+from app.topics import by_sensor, dead_letters, readings, sensor_partition
+
+log = logging.getLogger(__name__)
+
+contract = Contract.from_settings(settings)
+#: Readings per hand-over message: keeps each well below Kafka's 1 MB message limit.
+CHUNK = 1000
+
+
+@app.agent(readings, name="ingest")
+async def ingest(stream):
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
+        await forward(events)
+
+
+async def forward(events) -> None:
+    now = now_us()
+    routed: defaultdict[int, list[tuple[Reading, Source, int]]] = defaultdict(list)
+    for event in events:
+        message = event.message
+        topic = message.topic
+        source = Source(topic, message.partition, message.offset,
+                        int(message.timestamp * 1000) if message.timestamp else None)
+        parsed = contract.parse(event.value, now)
+        metrics.MESSAGES_IN.labels(topic).inc()
+        metrics.READINGS_IN.labels(topic).inc(parsed.count_in)
+        for rejection in parsed.rejections:
+            value, headers = dead_letter(rejection, event.value, source, now)
+            await dead_letters.send(key=message.key, value=value, headers=headers)
+            metrics.DEAD_LETTERED.labels(topic, rejection.reason).inc()
+            log.debug("dead-lettered: %s", rejection.message, extra={
+                "topic": topic, "partition": message.partition, "offset": message.offset,
+                "reason": str(rejection.reason)})
+        for reading in parsed.readings:
+            routed[sensor_partition(reading.sensor_id)].append((reading, source, now))
+    for partition, items in routed.items():
+        for start in range(0, len(items), CHUNK):
+            chunk = items[start:start + CHUNK]
+            await by_sensor.send(partition=partition, value=encode_batch(chunk))

@@ -1,0 +1,115 @@
+"""The per-sensor stage: deduplicate accepted readings and keep each sensor's latest values.
+
+All state of a sensor lives in the partition its readings arrive on, so any number
+of workers can share the work. Every table write happens inside the event that
+carried the batch, so it lands in that partition's changelog.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import orjson
+
+from app import metrics
+from app.contract import decode_batch, format_ts
+from app.main import app, settings
+from app.topics import by_sensor, late
+from tables import latest
+from tables.dedup import BUCKET_US, Evidence, bucket_of, expired
+from tables.sensor_state import dedup, local_keys, sensors, stream_time
+
+log = logging.getLogger(__name__)
+
+HORIZON_US = int(settings.dedup_horizon * 1_000_000)
+_last_expiry: dict[int, int] = {}
+
+
+@app.agent(by_sensor, name="per-sensor")
+async def per_sensor(stream):
+    async for event in stream.events():
+        await apply_batch(event.message.partition, event.value)
+
+
+async def apply_batch(partition: int, value: bytes) -> None:
+    part_key = str(partition)
+    raw_time = stream_time.get(part_key)
+    newest = int(raw_time) if raw_time is not None else 0
+    evidence = Evidence(dedup)
+    latest_records: dict[str, dict[str, Any]] = {}
+    late_records: list[tuple[str, bytes]] = []
+    counts: defaultdict[tuple[str, str], int] = defaultdict(int)
+
+    for reading, source, _ingested_at in decode_batch(value):
+        topic = source.topic
+        if reading.ts < newest - HORIZON_US:
+            counts[topic, "late"] += len(reading.metrics)
+            late_records.append((reading.sensor_id, _late_record(reading, source, newest)))
+            continue
+        newest = max(newest, reading.ts)
+        fresh = {}
+        for metric, metric_value in reading.metrics.items():
+            if evidence.accept(reading.sensor_id, metric, reading.ts):
+                fresh[metric] = metric_value
+        counts[topic, "accepted"] += len(fresh)
+        counts[topic, "duplicate"] += len(reading.metrics) - len(fresh)
+        counts[topic, "missing"] += sum(1 for v in fresh.values() if v is None)
+        if fresh:
+            record = latest_records.get(reading.sensor_id)
+            if record is None:
+                raw = sensors.get(reading.sensor_id)
+                record = orjson.loads(raw) if raw is not None else None
+            latest_records[reading.sensor_id] = latest.merge(
+                record, reading.ts, fresh, reading.attributes)
+
+    evidence.flush()
+    for sensor_id, record in latest_records.items():
+        sensors[sensor_id] = orjson.dumps(record)
+    if raw_time is None or newest > int(raw_time):
+        stream_time[part_key] = str(newest).encode()
+        _expire(partition, newest)
+    for sensor_id, record in late_records:
+        await late.send(key=sensor_id.encode(), value=record,
+                        headers=[("sensorstream-reason", b"beyond_dedup_horizon")])
+    for (topic, kind), n in counts.items():
+        if n:
+            _COUNTERS[kind](topic).inc(n)
+
+
+_COUNTERS = {
+    "accepted": metrics.ACCEPTED.labels,
+    "duplicate": metrics.DUPLICATES.labels,
+    "missing": metrics.MISSING.labels,
+    "late": lambda topic: metrics.LATE.labels(topic, "beyond_dedup_horizon"),
+}
+
+
+def _late_record(reading, source, newest: int) -> bytes:
+    return orjson.dumps({
+        "reason": "beyond_dedup_horizon",
+        "message": f"reading at {format_ts(reading.ts)} is more than "
+                   f"{settings.dedup_horizon:g} s behind the partition's newest reading "
+                   f"({format_ts(newest)}), so it cannot be checked for duplicates",
+        "sensor_id": reading.sensor_id,
+        "ts": format_ts(reading.ts),
+        "metrics": reading.metrics,
+        "attributes": reading.attributes,
+        "source": {"topic": source.topic, "partition": source.partition,
+                   "offset": source.offset},
+    })
+
+
+def _expire(partition: int, newest: int) -> None:
+    """Drop dedup evidence older than the horizon, at most once per event-time minute."""
+    cutoff = bucket_of(newest - HORIZON_US)
+    if _last_expiry.get(partition, -1) >= cutoff:
+        return
+    _last_expiry[partition] = cutoff
+    keys = list(expired(local_keys(dedup, partition), cutoff))
+    for key in keys:
+        del dedup[key]
+    if keys:
+        log.info("expired %d dedup records", len(keys), extra={
+            "partition": partition, "before": format_ts(cutoff * BUCKET_US)})

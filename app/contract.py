@@ -1,0 +1,434 @@
+"""The data contract, version 1: the bytes of one Kafka message become readings or rejections.
+
+Plain Python, no Faust: the agents, the simulator, the loader and the tests all
+use this module, so what is accepted is decided in exactly one place.
+
+Accounting unit: a *reading* is one canonical row ``(sensor_id, metric, ts)``.
+Input that cannot be split into rows -- a message that is not JSON, a reading
+object without a usable id or time -- counts as one reading, rejected whole.
+So for every message: ``count_in == rows accepted for checking + rejections``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+CONTRACT_VERSION = 1
+
+ID_FIELDS = ("sensor_id", "device_id", "mote_id", "asset_id")
+TIME_FIELDS = ("timestamp", "ts", "event_time", "time")
+METRIC_NAME_FIELDS = ("metric", "sensor_type")
+ENVELOPE_FIELD = "readings"
+METRICS_FIELD = "metrics"
+VALUE_FIELD = "value"
+
+MAX_ID_LENGTH = 256
+#: Largest time accepted: the end of year 9999, in microseconds since the epoch.
+MAX_TS_US = 253_402_300_799_999_999
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NUMERIC = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_METRIC_CHARS = re.compile(r"[^a-z0-9_]+")
+
+
+class Reason(StrEnum):
+    """Why a reading was dead-lettered; the code travels in the record and its headers."""
+
+    NOT_JSON = "not_json"
+    BAD_SHAPE = "bad_shape"
+    MISSING_ID = "missing_id"
+    INVALID_ID = "invalid_id"
+    MISSING_TIME = "missing_time"
+    INVALID_TIME = "invalid_time"
+    FUTURE_TIME = "future_time"
+    NO_METRICS = "no_metrics"
+    INVALID_METRIC = "invalid_metric"
+    DUPLICATE_METRIC = "duplicate_metric"
+    MISSING_VALUE = "missing_value"
+    VALUE_NOT_NUMBER = "value_not_number"
+    VALUE_NOT_FINITE = "value_not_finite"
+    OUT_OF_RANGE = "out_of_range"
+
+
+@dataclass(slots=True)
+class Reading:
+    """One sensor at one time with one or more metrics; each metric is one canonical row."""
+
+    sensor_id: str
+    ts: int  #: microseconds since the epoch, UTC
+    metrics: dict[str, float | None]
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Rejection:
+    """One dead-lettered reading: a reason code and a message a human can act on."""
+
+    reason: Reason
+    message: str
+    index: int | None = None  #: position in the envelope, None for a single reading
+    sensor_id: str | None = None
+    metric: str | None = None
+
+
+@dataclass(slots=True)
+class Parsed:
+    readings: list[Reading]
+    rejections: list[Rejection]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(r.metrics) for r in self.readings)
+
+    @property
+    def count_in(self) -> int:
+        """Readings this message counts as received: rows plus rejections."""
+        return self.rows + len(self.rejections)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def normalise_metric(name: str) -> str:
+    """Lower-case snake: ``"Temperature"`` and ``" temperature "`` are one metric."""
+    return _METRIC_CHARS.sub("_", name.strip().lower()).strip("_")
+
+
+def parse_time(value: Any) -> int | None:
+    """Microseconds since the epoch, or None when ``value`` is not a usable time.
+
+    ISO-8601 strings without a zone are UTC. Epoch numbers (or numeric strings)
+    are seconds, milliseconds, microseconds or nanoseconds by magnitude:
+    below 1e11 seconds, below 1e14 ms, below 1e17 us, else ns.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMERIC.fullmatch(text):
+            value = int(text) if text.lstrip("+-").isdigit() else float(text)
+        else:
+            try:
+                dt = datetime.fromisoformat(text)
+            except ValueError:
+                return None
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+            ts = (dt - _EPOCH) // timedelta(microseconds=1)
+            return ts if 0 <= ts <= MAX_TS_US else None
+    if isinstance(value, int):
+        magnitude = abs(value)
+        if magnitude < 10**11:
+            ts = value * 1_000_000
+        elif magnitude < 10**14:
+            ts = value * 1_000
+        elif magnitude < 10**17:
+            ts = value
+        else:
+            ts = value // 1_000
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        magnitude = abs(value)
+        scale = 1e6 if magnitude < 1e11 else 1e3 if magnitude < 1e14 else 1.0
+        ts = round(value * scale) if magnitude < 1e17 else round(value / 1e3)
+    else:
+        return None
+    return ts if 0 <= ts <= MAX_TS_US else None
+
+
+def format_ts(ts_us: int) -> str:
+    """ISO-8601 UTC with microseconds, as every output of the service writes times."""
+    return (_EPOCH + timedelta(microseconds=ts_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _decode(value: bytes | None) -> tuple[Any, Rejection | None]:
+    if not value:
+        return None, Rejection(Reason.NOT_JSON, "empty message value")
+    try:
+        return orjson.loads(value), None
+    except orjson.JSONDecodeError as fast_error:
+        # Only the slow path accepts NaN/Infinity and huge numbers, so that such
+        # values are rejected per metric instead of the whole message.
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, Rejection(Reason.NOT_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}")
+        try:
+            return json.loads(text), None
+        except (ValueError, RecursionError):
+            return None, Rejection(Reason.NOT_JSON, f"not JSON: {fast_error}")
+    except RecursionError:
+        return None, Rejection(Reason.NOT_JSON, "not JSON: nested too deeply")
+
+
+def _first_present(doc: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str | None, Any]:
+    for name in names:
+        value = doc.get(name)
+        if value is not None:
+            return name, value
+    return None, None
+
+
+def _sensor_id(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if 0 < len(text) <= MAX_ID_LENGTH and text.isprintable():
+            return text
+    return None
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Validation rules that come from settings: physical limits, future bound, attributes."""
+
+    limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    max_future_us: int = 300_000_000
+    attribute_fields: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Contract:
+        return cls(
+            limits=dict(settings.physical_limits),
+            max_future_us=int(settings.max_future * 1_000_000),
+            attribute_fields=frozenset(settings.attribute_fields),
+        )
+
+    def parse(self, value: bytes | None, now: int | None = None) -> Parsed:
+        """Readings and rejections in one message. Never raises for any input bytes."""
+        doc, rejection = _decode(value)
+        if rejection is not None:
+            return Parsed([], [rejection])
+        now = now_us() if now is None else now
+        readings: list[Reading] = []
+        rejections: list[Rejection] = []
+        if isinstance(doc, list):
+            items, defaults, single = doc, None, False
+        elif isinstance(doc, dict) and ENVELOPE_FIELD in doc:
+            items = doc[ENVELOPE_FIELD]
+            if not isinstance(items, list):
+                return Parsed([], [Rejection(
+                    Reason.BAD_SHAPE, f"envelope field {ENVELOPE_FIELD!r} must be a list")])
+            defaults = {k: v for k, v in doc.items() if k != ENVELOPE_FIELD}
+            single = False
+        elif isinstance(doc, dict):
+            items, defaults, single = [doc], None, True
+        else:
+            return Parsed([], [Rejection(
+                Reason.BAD_SHAPE, f"expected a JSON object or array, got {type(doc).__name__}")])
+        for position, item in enumerate(items):
+            index = None if single else position
+            if not isinstance(item, dict):
+                rejections.append(Rejection(
+                    Reason.BAD_SHAPE, f"reading must be a JSON object, got {type(item).__name__}",
+                    index))
+                continue
+            if defaults:
+                item = {**defaults, **item}
+            self._parse_reading(item, index, now, readings, rejections)
+        return Parsed(readings, rejections)
+
+    def _parse_reading(self, doc: dict[str, Any], index: int | None, now: int,
+                       readings: list[Reading], rejections: list[Rejection]) -> None:
+        id_field, raw_id = _first_present(doc, ID_FIELDS)
+        if id_field is None:
+            rejections.append(Rejection(
+                Reason.MISSING_ID, f"no sensor id in any of {', '.join(ID_FIELDS)}", index))
+            return
+        sensor_id = _sensor_id(raw_id)
+        if sensor_id is None:
+            rejections.append(Rejection(
+                Reason.INVALID_ID, f"{id_field}={_brief(raw_id)} is not a usable id "
+                f"(a non-empty string of at most {MAX_ID_LENGTH} printable characters, "
+                "or an integer)", index))
+            return
+        time_field, raw_time = _first_present(doc, TIME_FIELDS)
+        if time_field is None:
+            rejections.append(Rejection(
+                Reason.MISSING_TIME, f"no time in any of {', '.join(TIME_FIELDS)}", index,
+                sensor_id))
+            return
+        ts = parse_time(raw_time)
+        if ts is None:
+            rejections.append(Rejection(
+                Reason.INVALID_TIME, f"{time_field}={_brief(raw_time)} is neither ISO-8601 "
+                "nor an epoch number after 1970", index, sensor_id))
+            return
+        if ts > now + self.max_future_us:
+            rejections.append(Rejection(
+                Reason.FUTURE_TIME, f"{time_field}={format_ts(ts)} is more than "
+                f"{self.max_future_us / 1e6:g} s ahead of the wall clock", index, sensor_id))
+            return
+
+        metrics: dict[str, float | None] = {}
+        attributes: dict[str, Any] = {}
+        found_metric = False
+        name_field, raw_name = _first_present(doc, METRIC_NAME_FIELDS)
+        long_form = name_field is not None
+        if long_form:
+            found_metric = True
+            if not isinstance(raw_name, str) or not normalise_metric(raw_name):
+                rejections.append(Rejection(
+                    Reason.INVALID_METRIC, f"{name_field}={_brief(raw_name)} is not a metric name",
+                    index, sensor_id))
+            elif VALUE_FIELD not in doc:
+                rejections.append(Rejection(
+                    Reason.MISSING_VALUE, f"long reading of {raw_name!r} has no {VALUE_FIELD!r}",
+                    index, sensor_id, normalise_metric(raw_name)))
+            else:
+                self._add_metric(metrics, raw_name, doc[VALUE_FIELD], index, sensor_id,
+                                 rejections)
+        for key, value in doc.items():
+            if key in (id_field, time_field):
+                continue
+            if long_form and (key == VALUE_FIELD or key in METRIC_NAME_FIELDS):
+                continue
+            if key == METRICS_FIELD:
+                if isinstance(value, dict):
+                    for name, metric_value in value.items():
+                        found_metric = True
+                        self._add_metric(metrics, name, metric_value, index, sensor_id,
+                                         rejections)
+                    continue
+                if value is not None:
+                    found_metric = True
+                    rejections.append(Rejection(
+                        Reason.BAD_SHAPE, f"{METRICS_FIELD!r} must be an object of "
+                        f"metric: number, got {type(value).__name__}", index, sensor_id))
+                    continue
+            is_number = value is None or (
+                isinstance(value, int | float) and not isinstance(value, bool))
+            if (long_form or not is_number or key in self.attribute_fields
+                    or key in ID_FIELDS or key in TIME_FIELDS or key == METRICS_FIELD):
+                attributes[key] = value
+                continue
+            found_metric = True
+            self._add_metric(metrics, key, value, index, sensor_id, rejections)
+        if not found_metric:
+            rejections.append(Rejection(
+                Reason.NO_METRICS, "reading has no metric: no numeric field, no 'metrics' "
+                "object and no 'metric'/'value' pair", index, sensor_id))
+            return
+        if metrics:
+            readings.append(Reading(sensor_id, ts, metrics, attributes))
+
+    def _add_metric(self, metrics: dict[str, float | None], raw_name: Any, value: Any,
+                    index: int | None, sensor_id: str, rejections: list[Rejection]) -> None:
+        name = normalise_metric(raw_name) if isinstance(raw_name, str) else ""
+        if not name:
+            rejections.append(Rejection(
+                Reason.INVALID_METRIC, f"{_brief(raw_name)} is not a metric name", index,
+                sensor_id))
+            return
+        if name in metrics:
+            rejections.append(Rejection(
+                Reason.DUPLICATE_METRIC, f"metric {name!r} appears twice in one reading",
+                index, sensor_id, name))
+            return
+        if value is None:
+            metrics[name] = None
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            rejections.append(Rejection(
+                Reason.VALUE_NOT_NUMBER, f"{name}={_brief(value)} is not a number", index,
+                sensor_id, name))
+            return
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            rejections.append(Rejection(
+                Reason.VALUE_NOT_FINITE, f"{name}={_brief(value)} is not a finite number",
+                index, sensor_id, name))
+            return
+        bounds = self.limits.get(name)
+        if bounds is not None and not bounds[0] <= number <= bounds[1]:
+            rejections.append(Rejection(
+                Reason.OUT_OF_RANGE, f"{name}={number:g} is outside its physical limits "
+                f"[{bounds[0]:g}, {bounds[1]:g}]", index, sensor_id, name))
+            return
+        metrics[name] = number
+
+
+# -- records the service writes -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message came from: its lineage."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+def dead_letter(rejection: Rejection, original: bytes | None, source: Source,
+                at_us: int | None = None) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The dead-letter record of one rejection: JSON value and headers (same facts in both)."""
+    original = original or b""
+    try:
+        text, encoding = original.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(original).decode("ascii"), "base64"
+    record = {
+        "contract_version": CONTRACT_VERSION,
+        "reason": str(rejection.reason),
+        "message": rejection.message,
+        "source": {"topic": source.topic, "partition": source.partition,
+                   "offset": source.offset, "timestamp_ms": source.timestamp_ms},
+        "reading_index": rejection.index,
+        "sensor_id": rejection.sensor_id,
+        "metric": rejection.metric,
+        "original": text,
+        "original_encoding": encoding,
+        "dead_lettered_at": format_ts(now_us() if at_us is None else at_us),
+    }
+    headers = [
+        ("sensorstream-reason", str(rejection.reason).encode()),
+        ("sensorstream-message", rejection.message.encode("utf-8", "replace")),
+        ("sensorstream-source-topic", source.topic.encode()),
+        ("sensorstream-source-partition", str(source.partition).encode()),
+        ("sensorstream-source-offset", str(source.offset).encode()),
+        ("sensorstream-original-encoding", encoding.encode()),
+    ]
+    return orjson.dumps(record), headers
+
+
+# -- the internal hand-over between the validating and the per-sensor stage ----------------
+
+
+def encode_batch(items: list[tuple[Reading, Source, int]]) -> bytes:
+    """Readings with lineage and ingest time, compactly, for the per-sensor stage."""
+    return orjson.dumps([
+        [r.sensor_id, r.ts, r.metrics, r.attributes, s.topic, s.partition, s.offset, at]
+        for r, s, at in items
+    ])
+
+
+def decode_batch(value: bytes) -> Iterator[tuple[Reading, Source, int]]:
+    for sensor_id, ts, metrics, attributes, topic, partition, offset, at in orjson.loads(value):
+        yield Reading(sensor_id, ts, metrics, attributes), Source(topic, partition, offset), at

@@ -1,0 +1,47 @@
+"""The Faust App. Agents and views are found by autodiscovery, never imported here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import faust
+
+from app import settings as _settings
+from app.logs import JsonFormatter, logging_config
+
+
+def _load_settings() -> _settings.Settings:
+    try:
+        return _settings.load()
+    except _settings.SettingError as exc:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        log = logging.getLogger("sensorstream.settings")
+        log.addHandler(handler)
+        log.critical("cannot start: %s", exc, extra={"setting": exc.name})
+        raise SystemExit(2) from None
+
+
+settings = _load_settings()
+
+app = faust.App(
+    settings.app_id,
+    broker=settings.broker,
+    store="rocksdb://",
+    datadir=settings.data_dir,
+    origin="app",
+    autodiscover=["agents", "web"],
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    consumer_auto_offset_reset=settings.offset_reset,
+    broker_session_timeout=settings.session_timeout,
+    broker_heartbeat_interval=settings.heartbeat_interval,
+    web_bind=settings.web_host,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    canonical_url=settings.canonical_url,
+    key_serializer="raw",
+    value_serializer="raw",
+    logging_config=logging_config(),
+)

@@ -1,0 +1,23 @@
+"""Prometheus counters of the readings accounting (README: "Accounting").
+
+Per input topic, whenever the worker is idle:
+``readings_in == accepted + dead_lettered + duplicates + late``.
+"""
+
+from prometheus_client import Counter
+
+MESSAGES_IN = Counter(
+    "sensorstream_messages_in", "Kafka messages read from an input topic", ["topic"])
+READINGS_IN = Counter(
+    "sensorstream_readings_in", "Readings received (rows, or whole rejected units)", ["topic"])
+ACCEPTED = Counter(
+    "sensorstream_readings_accepted", "Readings accepted (first time seen)", ["topic"])
+DEAD_LETTERED = Counter(
+    "sensorstream_readings_dead_lettered", "Readings sent to the dead-letter topic",
+    ["topic", "reason"])
+DUPLICATES = Counter(
+    "sensorstream_readings_duplicate", "Readings dropped as already accepted", ["topic"])
+LATE = Counter(
+    "sensorstream_readings_late", "Readings sent to the late topic", ["topic", "reason"])
+MISSING = Counter(
+    "sensorstream_readings_missing", "Accepted readings whose value is null", ["topic"])

@@ -1,0 +1,310 @@
+"""Every ``SENSORSTREAM_*`` setting, declared once, parsed and validated at start-up.
+
+The declarations below are the single source of truth: the README's settings
+table is checked against them by a test, and a bad value stops start-up with a
+message that names the setting. No Faust import here, so the simulator, the
+stack script and unit tests can read settings without starting an app.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+PREFIX = "SENSORSTREAM_"
+
+
+class SettingError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+    def __init__(self, name: str, value: str, problem: str) -> None:
+        self.name = name
+        self.value = value
+        self.problem = problem
+        super().__init__(f"invalid setting {name}={value!r}: {problem}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"250ms"``, ``"30s"``, ``"5m"``, ``"24h"``, ``"2d"`` or bare seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError("expected a duration such as 500ms, 30s, 5m, 24h or 2d")
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _topic_name(text: str) -> str:
+    text = _nonempty(text)
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", text):
+        raise ValueError("a topic name uses only letters, digits, '.', '_' and '-'")
+    return text
+
+
+def _topic_list(text: str) -> tuple[str, ...]:
+    names = tuple(_topic_name(part) for part in text.split(",") if part.strip())
+    if not names:
+        raise ValueError("list at least one topic, comma-separated")
+    return names
+
+
+def _optional_regex(text: str) -> str:
+    if text.strip():
+        try:
+            re.compile(text)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+    return text.strip()
+
+
+def _name_list(text: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+
+def _kafka_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("kafka", "aiokafka") or not parts.hostname or not parts.port:
+        raise ValueError("expected kafka://HOST:PORT")
+    return text.strip()
+
+
+def _http_url(text: str) -> str:
+    if not text.strip():
+        return ""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http://HOST:PORT")
+    return text.strip().rstrip("/")
+
+
+def _optional_dsn(text: str) -> str:
+    if text.strip():
+        parts = urlsplit(text.strip())
+        if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
+            raise ValueError("expected postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE")
+    return text.strip()
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.strip() not in options:
+            raise ValueError(f"expected one of: {', '.join(options)}")
+        return text.strip()
+
+    return parse
+
+
+def _limits(text: str) -> dict[str, tuple[float, float]]:
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise ValueError('expected JSON such as {"humidity": [0, 100]}') from None
+    if not isinstance(raw, dict):
+        raise ValueError('expected a JSON object such as {"humidity": [0, 100]}')
+    limits: dict[str, tuple[float, float]] = {}
+    for metric, bounds in raw.items():
+        ok = (
+            isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+            and all(math.isfinite(b) for b in bounds)
+            and bounds[0] <= bounds[1]
+        )
+        if not ok:
+            raise ValueError(f"limits of {metric!r} must be [low, high] with low <= high")
+        limits[str(metric).strip().lower()] = (float(bounds[0]), float(bounds[1]))
+    return limits
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting: its name without the prefix, default, parser and meaning."""
+
+    key: str
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.key
+
+
+DEFAULT_LIMITS = (
+    '{"temperature": [-60, 150], "humidity": [0, 100], "light": [0, 200000], "voltage": [0, 10]}'
+)
+DEFAULT_ATTRIBUTE_FIELDS = (
+    "location,lat,lon,latitude,longitude,altitude,unit,schema_version,event_id,seq,epoch,gateway_id"
+)
+
+SPECS: tuple[Spec, ...] = (
+    Spec("APP_ID", "sensorstream", _nonempty,
+         "Faust app id: the consumer group and the prefix of internal topics."),
+    Spec("BROKER", "kafka://127.0.0.1:9092", _kafka_url,
+         "Kafka bootstrap server. `make stack` starts Tansu here unless this is set."),
+    Spec("INPUT_TOPICS", "sensor-readings", _topic_list,
+         "Comma-separated input topics."),
+    Spec("INPUT_PATTERN", "", _optional_regex,
+         "Regular expression of input topics; when set it replaces `INPUT_TOPICS`."),
+    Spec("DLQ_TOPIC", "sensor-readings-dlq", _topic_name,
+         "Dead-letter topic: rejected readings with reason and original bytes."),
+    Spec("LATE_TOPIC", "sensor-readings-late", _topic_name,
+         "Readings too old to be checked for duplicates (older than the horizon)."),
+    Spec("PARTITIONS", "8", _int_in(1, 1024),
+         "Partitions of the topics the service creates (input topics it creates too)."),
+    Spec("REPLICATION_FACTOR", "1", _int_in(1, 16),
+         "Replication factor of the topics the service creates."),
+    Spec("OFFSET_RESET", "earliest", _choice("earliest", "latest"),
+         "Where a new consumer group starts reading the input topics."),
+    Spec("SESSION_TIMEOUT", "10s", _positive_duration,
+         "Consumer group session timeout: how long before a dead worker's partitions move."),
+    Spec("HEARTBEAT_INTERVAL", "2s", _positive_duration,
+         "Consumer group heartbeat interval (well below the session timeout)."),
+    Spec("DATA_DIR", "data", _nonempty,
+         "Directory of the worker's RocksDB tables."),
+    Spec("WEB_HOST", "127.0.0.1", _nonempty,
+         "Address the HTTP server binds to."),
+    Spec("WEB_PORT", "6066", _int_in(1, 65535),
+         "Port of the HTTP server."),
+    Spec("CANONICAL_URL", "", _http_url,
+         "URL other workers use to reach this one; default `http://WEB_HOST:WEB_PORT`."),
+    Spec("BATCH_SIZE", "1000", _int_in(1, 1_000_000),
+         "Most input messages validated and forwarded as one batch."),
+    Spec("BATCH_WINDOW", "100ms", _positive_duration,
+         "Longest wait to fill a batch before forwarding what is there."),
+    Spec("MAX_FUTURE", "5m", parse_duration,
+         "Readings timed further ahead of the wall clock are dead-lettered."),
+    Spec("DEDUP_HORIZON", "24h", _positive_duration,
+         "How far behind its partition's newest reading a duplicate is still recognised."),
+    Spec("PHYSICAL_LIMITS", DEFAULT_LIMITS, _limits,
+         "JSON `{metric: [low, high]}`; a value outside is dead-lettered. Others: no limit."),
+    Spec("ATTRIBUTE_FIELDS", DEFAULT_ATTRIBUTE_FIELDS, _name_list,
+         "Top-level fields kept as attributes even when numeric (not metrics)."),
+    Spec("PG_DSN", "", _optional_dsn,
+         "PostgreSQL to use; when set, `make stack` uses it instead of starting one."),
+    Spec("S3_ENDPOINT", "", _http_url,
+         "S3 endpoint to use; when set, `make stack` uses it instead of starting moto."),
+    Spec("S3_BUCKET", "sensorstream-lake", _nonempty,
+         "Bucket of the Parquet lake; `make stack` creates it."),
+    Spec("STACK_DIR", ".stack", _nonempty,
+         "Directory of the local stack: pid files, logs, data, and `env` with its settings."),
+    Spec("STACK_KAFKA_PORT", "9092", _int_in(1, 65535),
+         "Port of the broker `make stack` starts."),
+    Spec("STACK_PG_PORT", "5433", _int_in(1, 65535),
+         "Port of the PostgreSQL server `make stack` starts."),
+    Spec("STACK_S3_PORT", "9000", _int_in(1, 65535),
+         "Port of the S3 endpoint `make stack` starts."),
+)
+
+SPEC_BY_ENV = {spec.env: spec for spec in SPECS}
+
+#: Names of the worker's tables; their changelogs are topics the service writes.
+TABLE_NAMES = ("dedup", "sensors", "stream-time")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Parsed settings; attribute names are the setting keys in lower case."""
+
+    values: Mapping[str, Any]
+    explicit: frozenset[str]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name.upper()]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def is_set(self, key: str) -> bool:
+        """Whether the environment set ``key`` (as opposed to the default applying)."""
+        return key in self.explicit
+
+    @property
+    def canonical_url(self) -> str:
+        return self.values["CANONICAL_URL"] or f"http://{self.web_host}:{self.web_port}"
+
+    @property
+    def internal_topics(self) -> frozenset[str]:
+        """Topics the service writes; an input pattern must never match them."""
+        app_id = self.app_id
+        return frozenset({
+            self.dlq_topic,
+            self.late_topic,
+            f"{app_id}-readings-by-sensor",
+            *(f"{app_id}-{table}-changelog" for table in TABLE_NAMES),
+            f"{app_id}-__assignor-__leader",
+        })
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse every setting from ``environ`` (default: ``os.environ``); raise SettingError."""
+    env = os.environ if environ is None else environ
+    unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in SPEC_BY_ENV)
+    if unknown:
+        name = unknown[0]
+        raise SettingError(name, env[name], "unknown setting (see the settings table in README)")
+    values: dict[str, Any] = {}
+    explicit = set()
+    for spec in SPECS:
+        raw = env.get(spec.env)
+        if raw is not None:
+            explicit.add(spec.key)
+        text = spec.default if raw is None else raw
+        try:
+            values[spec.key] = spec.parse(text)
+        except ValueError as exc:
+            raise SettingError(spec.env, text, str(exc)) from None
+    settings = Settings(values, frozenset(explicit))
+    _cross_check(settings)
+    return settings
+
+
+def _cross_check(settings: Settings) -> None:
+    if settings.heartbeat_interval >= settings.session_timeout:
+        raise SettingError(PREFIX + "HEARTBEAT_INTERVAL", str(settings.heartbeat_interval),
+                           "must be shorter than SENSORSTREAM_SESSION_TIMEOUT")
+    pattern = settings.input_pattern
+    if pattern:
+        clash = sorted(t for t in settings.internal_topics if re.fullmatch(pattern, t))
+        if clash:
+            raise SettingError(PREFIX + "INPUT_PATTERN", pattern,
+                               f"matches the service's own output topic {clash[0]!r}")
+    else:
+        clash = sorted(set(settings.input_topics) & settings.internal_topics)
+        if clash:
+            raise SettingError(PREFIX + "INPUT_TOPICS", ",".join(settings.input_topics),
+                               f"includes the service's own output topic {clash[0]!r}")

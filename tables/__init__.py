@@ -1,0 +1,1 @@
+"""Table definitions and the plain logic of the state kept in them."""

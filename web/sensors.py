@@ -1,0 +1,53 @@
+"""``/sensors`` and ``/sensors/{sensor_id}``: latest values, from any worker of the group."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from faust import web
+
+from app.main import app
+from tables import latest
+from tables.sensor_state import sensors
+
+
+def _local() -> list[dict[str, Any]]:
+    return [latest.summary(k, orjson.loads(v)) for k, v in sensors.items()]
+
+
+async def _remote(url: str) -> list[dict[str, Any]]:
+    async with app.http_client.get(f"{url}/sensors?scope=local", timeout=5) as response:
+        response.raise_for_status()
+        return (await response.json())["sensors"]
+
+
+@app.page("/sensors")
+async def list_sensors(self: web.View, request: web.Request) -> web.Response:
+    """Every known sensor with its last-seen time; asks the other workers for theirs."""
+    found = _local()
+    unreachable = []
+    if request.query.get("scope") != "local":
+        me = str(app.conf.canonical_url).rstrip("/")
+        others = [u.rstrip("/") for u in app.router.tables_metadata() if u.rstrip("/") != me]
+        results = await asyncio.gather(*(_remote(u) for u in others), return_exceptions=True)
+        for url, result in zip(others, results, strict=True):
+            if isinstance(result, BaseException):
+                unreachable.append(url)
+            else:
+                found.extend(result)
+    found.sort(key=lambda s: s["sensor_id"])
+    body: dict[str, Any] = {"count": len(found), "sensors": found}
+    if unreachable:
+        body["unreachable_workers"] = unreachable
+    return self.json(body)
+
+
+@app.page("/sensors/{sensor_id}")
+@app.table_route(table=sensors, match_info="sensor_id")
+async def get_sensor(self: web.View, request: web.Request, sensor_id: str) -> web.Response:
+    raw = sensors.get(sensor_id)
+    if raw is None:
+        return self.json({"error": f"unknown sensor {sensor_id!r}"}, status=404)
+    return self.json(latest.detail(sensor_id, orjson.loads(raw)))
