@@ -26,6 +26,7 @@ CHUNK = 1000
 
 @app.agent(readings, name="ingest")
 async def ingest(stream):
+    await dead_letters.maybe_declare()
     async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
         await forward(events)
 

@@ -29,6 +29,7 @@ _last_expiry: dict[int, int] = {}
 
 @app.agent(by_sensor, name="per-sensor")
 async def per_sensor(stream):
+    await late.maybe_declare()
     async for event in stream.events():
         await apply_batch(event.message.partition, event.value)
 

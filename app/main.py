@@ -9,6 +9,7 @@ import faust
 
 from app import settings as _settings
 from app.logs import JsonFormatter, logging_config
+from app.transport import faust_broker_url
 
 
 def _load_settings() -> _settings.Settings:
@@ -27,7 +28,7 @@ settings = _load_settings()
 
 app = faust.App(
     settings.app_id,
-    broker=settings.broker,
+    broker=faust_broker_url(settings.broker),
     store="rocksdb://",
     datadir=settings.data_dir,
     origin="app",

@@ -4,7 +4,9 @@ Per input topic, whenever the worker is idle:
 ``readings_in == accepted + dead_lettered + duplicates + late``.
 """
 
-from prometheus_client import Counter
+from prometheus_client import Counter, disable_created_metrics
+
+disable_created_metrics()
 
 MESSAGES_IN = Counter(
     "sensorstream_messages_in", "Kafka messages read from an input topic", ["topic"])

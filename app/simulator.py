@@ -151,7 +151,7 @@ def malformed(rng: random.Random, reading: dict[str, Any]) -> tuple[bytes, str]:
     elif kind == "value_not_number":
         bad = {"mote_id": reading["mote_id"], "ts": reading["ts"], "metrics": {"voltage": "2.7V"}}
     elif kind == "future_time":
-        bad["ts"] = format_ts(int(time.time() * 1e6) + 3_600_000_000)
+        bad["ts"] = "2100-01-01T00:00:00Z"  # fixed, so a seeded stream stays reproducible
     else:
         bad = {"mote_id": reading["mote_id"], "ts": reading["ts"], "humidity": 180.0}
     return orjson.dumps(bad), kind

@@ -12,8 +12,10 @@ RETENTION_7D = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "de
 if settings.input_pattern:
     readings = app.topic(pattern=settings.input_pattern, value_type=bytes, key_type=bytes)
 else:
+    # internal=True: the worker creates a missing input topic with these partitions and
+    # configs before subscribing (an existing topic is used as it is).
     readings = app.topic(*settings.input_topics, value_type=bytes, key_type=bytes,
-                         partitions=settings.partitions, config=RETENTION_7D)
+                         internal=True, partitions=settings.partitions, config=RETENTION_7D)
 
 dead_letters = app.topic(settings.dlq_topic, value_type=bytes, key_type=bytes, internal=True,
                          partitions=settings.partitions, config=RETENTION_7D)

@@ -1,0 +1,123 @@
+"""``make demo``: the local stack, a worker and the simulator; Ctrl-C stops what it started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from app import settings as settings_mod
+from app.stack import Stack, StackError, wait_until
+
+READY_DEADLINE = 90.0
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(argv, env=env, stdout=open(log, "ab"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _stop(process: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main() -> int:
+    try:
+        settings = settings_mod.load()
+    except settings_mod.SettingError as exc:
+        print(f"sensorstream demo: {exc}", file=sys.stderr)
+        return 2
+    stack = Stack(settings)
+    was_running = any(s.get("started") and s["running"] for s in stack.status().values())
+    worker = simulator = None
+    interrupted = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print("starting the local stack (broker, PostgreSQL, S3)...", flush=True)
+        env = {**os.environ, **stack.up()}
+        data_dir = stack.dir / "demo-data"
+        if not was_running:
+            # The broker keeps topics in memory only: a new broker means new state.
+            shutil.rmtree(data_dir, ignore_errors=True)
+        env["SENSORSTREAM_DATA_DIR"] = str(data_dir)
+        url = settings.canonical_url
+        print(f"starting the worker (log: {stack.dir / 'worker.log'})...", flush=True)
+        worker = _spawn([sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
+                        env, stack.dir / "worker.log")
+
+        def worker_ready() -> bool:
+            if worker.poll() is not None:
+                tail = (stack.dir / "worker.log").read_text(errors="replace")[-3000:]
+                raise StackError(f"the worker exited ({worker.returncode}); its log:\n{tail}")
+            return _ready(url)
+
+        started = time.monotonic()
+        wait_until(worker_ready, f"the worker's {url}/ready", deadline=READY_DEADLINE)
+        print(f"worker ready in {time.monotonic() - started:.1f} s", flush=True)
+        simulator = _spawn([sys.executable, "-m", "app.simulator"], env,
+                           stack.dir / "simulator.log")
+        print(f"""
+sensorstream is running: 54 simulated Intel Lab motes at 100x real time.
+  {url}/sensors        the motes and when each was last seen
+  {url}/sensors/1      the latest values of mote 1
+  {url}/ready          readiness
+  {url}/metrics        Prometheus metrics (readings in, accepted, dead-lettered, ...)
+Logs: {stack.dir}/worker.log, {stack.dir}/simulator.log. Press Ctrl-C to stop.
+""", flush=True)
+        while True:
+            if worker.poll() is not None:
+                print(f"the worker exited ({worker.returncode}); see {stack.dir}/worker.log",
+                      file=sys.stderr)
+                return 1
+            if simulator.poll() is not None and simulator.returncode != 0:
+                print(f"the simulator exited ({simulator.returncode}); see "
+                      f"{stack.dir}/simulator.log", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        interrupted = True
+        return 0
+    except StackError as exc:
+        print(f"sensorstream demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if interrupted:
+            print("\nstopping...", flush=True)
+        _stop(simulator)
+        _stop(worker)
+        if not was_running:
+            with contextlib.suppress(StackError):
+                stopped = stack.down()
+                print(f"stopped: simulator, worker, {', '.join(stopped)}", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Shared fixtures. Integration tests start the real local stack once per session."""

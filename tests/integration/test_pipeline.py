@@ -1,0 +1,202 @@
+"""Through the real stack: a plain Kafka client produces, the worker validates, dedups,
+dead-letters and counts; checked against an independent reference computation."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+import orjson
+import pytest
+
+from app.contract import Contract, format_ts
+from app.settings import load
+from app.simulator import Plan, messages
+
+from .harness import accounting, eventually, produce, read_all
+
+pytestmark = pytest.mark.integration
+
+
+def reference(app_env: dict[str, str], msgs: Iterable[tuple[bytes | None, bytes]],
+              seen: set | None = None) -> dict:
+    """What the worker must report for ``msgs``: the contract's verdict per message and a
+    plain set for deduplication."""
+    contract = Contract.from_settings(load({k: v for k, v in app_env.items()
+                                            if k.startswith("SENSORSTREAM_")}))
+    seen = set() if seen is None else seen
+    expected = Counter()
+    reasons: Counter[str] = Counter()
+    for _key, value in msgs:
+        parsed = contract.parse(value)
+        expected["in"] += parsed.count_in
+        expected["dead_lettered"] += len(parsed.rejections)
+        reasons.update(str(r.reason) for r in parsed.rejections)
+        for reading in parsed.readings:
+            for metric, metric_value in reading.metrics.items():
+                row = (reading.sensor_id, metric, reading.ts)
+                if row in seen:
+                    expected["duplicate"] += 1
+                else:
+                    seen.add(row)
+                    expected["accepted"] += 1
+                    expected["missing"] += metric_value is None
+    return {"counts": expected, "reasons": reasons, "seen": seen}
+
+
+async def settled(worker, topic: str, readings_in: float) -> dict[str, float]:
+    """The accounting once the worker is idle with every reading of the test counted."""
+    def check():
+        counts = accounting(worker.metrics(), topic)
+        total = counts["accepted"] + counts["dead_lettered"] + counts["duplicate"] + counts["late"]
+        return counts if counts["in"] == readings_in and total == readings_in else None
+    return await eventually(check, f"accounting of {readings_in:g} readings settles", 90)
+
+
+def assert_counts(counts: dict[str, float], expected: Counter) -> None:
+    for kind in ("in", "accepted", "dead_lettered", "duplicate", "missing"):
+        assert counts[kind] == expected[kind], (kind, counts, expected)
+    assert counts["late"] == 0
+
+
+async def test_every_shape_from_an_independent_client(make_worker, app_env, bootstrap):
+    topic = app_env["SENSORSTREAM_INPUT_TOPICS"]
+    worker = make_worker().start()
+    await worker.ready()
+    now = time.time()
+    iso = format_ts(int((now - 120) * 1e6))
+    docs = [
+        {"sensor_id": "wide-1", "ts": now - 60, "temperature": 21.5, "humidity": 40,
+         "light": None, "location": "hall", "firmware": "2.1"},
+        {"device_id": "obj-1", "timestamp": iso, "metrics": {"Pressure": 1013.25, "co2": 415}},
+        {"mote_id": 7, "time": int((now - 30) * 1000), "metric": "temperature", "value": 19.0},
+        {"asset_id": "long-2", "event_time": int((now - 30) * 1e9), "sensor_type": "vibration",
+         "value": 0.02, "unit": "g"},
+        [{"sensor_id": "arr-1", "ts": iso, "light": 120}, {"sensor_id": "arr-2", "ts": iso,
+                                                          "humidity": 150}],
+        {"gateway_id": "gw-1", "device_id": "gw-dev", "location": "roof",
+         "readings": [{"ts": iso, "voltage": 2.71}, {"ts": "soon", "voltage": 2.7},
+                      {"sensor_id": "gw-other", "ts": int(now - 10), "voltage": 2.5}]},
+    ]
+    raw = [(None, orjson.dumps(d)) for d in docs] + [(b"k", b"\xff\xfe not json")]
+    await produce(bootstrap, topic, raw)
+    ref = reference(app_env, raw)
+    counts = await settled(worker, topic, ref["counts"]["in"])
+    assert_counts(counts, ref["counts"])
+
+    status, body = worker.get("/sensors")
+    assert status == 200
+    assert {s["sensor_id"] for s in body["sensors"]} == {
+        "wide-1", "obj-1", "7", "long-2", "arr-1", "gw-dev", "gw-other"}
+    status, wide = worker.get("/sensors/wide-1")
+    assert status == 200
+    assert wide["metrics"]["temperature"]["value"] == 21.5
+    assert wide["metrics"]["light"]["value"] is None
+    assert wide["attributes"] == {"location": "hall", "firmware": "2.1"}
+    assert worker.get("/sensors/obj-1")[1]["metrics"]["pressure"]["value"] == 1013.25
+    assert worker.get("/sensors/long-2")[1]["metrics"]["vibration"]["value"] == 0.02
+    assert worker.get("/sensors/gw-dev")[1]["attributes"] == {
+        "gateway_id": "gw-1", "location": "roof"}
+    status, missing = worker.get("/sensors/no-such-sensor")
+    assert status == 404 and "no-such-sensor" in missing["error"]
+
+    dead = await read_all(bootstrap, app_env["SENSORSTREAM_DLQ_TOPIC"], expected=3)
+    assert sorted(orjson.loads(r.value)["reason"] for r in dead) == [
+        "invalid_time", "not_json", "out_of_range"]
+
+
+async def test_ten_thousand_messages_account_exactly(make_worker, app_env, bootstrap):
+    """Valid readings in several shapes and envelopes, exact duplicates and malformed
+    messages: the counters satisfy the accounting exactly and every dead letter carries
+    its reason and original bytes."""
+    topic = app_env["SENSORSTREAM_INPUT_TOPICS"]
+    worker = make_worker().start()
+    plan = Plan(sensors=54, count=20_000, speed=0, duplicates=0.1, malformed=0.08, seed=2026,
+                shape="mixed", start_us=int((time.time() - 6 * 3600) * 1e6))
+    msgs = [(key, value) for _ts, key, value in messages(plan, Counter())][:10_000]
+    assert len(msgs) == 10_000
+    await worker.ready()
+    await produce(bootstrap, topic, msgs)
+    ref = reference(app_env, msgs)
+    assert ref["counts"]["duplicate"] > 1000 and ref["counts"]["dead_lettered"] > 250
+    counts = await settled(worker, topic, ref["counts"]["in"])
+    assert_counts(counts, ref["counts"])
+
+    samples = worker.metrics()
+    by_reason = Counter({dict(labels)["reason"]: int(v) for (name, labels), v in samples.items()
+                         if name == "sensorstream_readings_dead_lettered_total"
+                         and dict(labels)["topic"] == topic and v})
+    assert by_reason == ref["reasons"]
+
+    dead = await read_all(bootstrap, app_env["SENSORSTREAM_DLQ_TOPIC"],
+                          expected=ref["counts"]["dead_lettered"])
+    assert len(dead) == ref["counts"]["dead_lettered"]
+    originals = {value for _key, value in msgs}
+    seen_reasons: Counter[str] = Counter()
+    for record in dead:
+        body = orjson.loads(record.value)
+        headers = dict(record.headers)
+        assert headers["sensorstream-reason"].decode() == body["reason"]
+        assert headers["sensorstream-source-topic"].decode() == topic == body["source"]["topic"]
+        assert int(headers["sensorstream-source-offset"]) == body["source"]["offset"]
+        assert body["message"]
+        original = (base64.b64decode(body["original"]) if body["original_encoding"] == "base64"
+                    else body["original"].encode())
+        assert original in originals
+        seen_reasons[body["reason"]] += 1
+    assert seen_reasons == ref["reasons"]
+
+
+async def test_deduplication_survives_sigkill_and_redelivery(make_worker, app_env, bootstrap,
+                                                              tmp_path):
+    topic = app_env["SENSORSTREAM_INPUT_TOPICS"]
+    plan = Plan(sensors=20, count=1_500, speed=0, seed=5, envelope=10,
+                start_us=int((time.time() - 3600) * 1e6))
+    msgs = [(key, value) for _ts, key, value in messages(plan, Counter())]
+    ref = reference(app_env, msgs)
+    data_dir = tmp_path / "kept-data"
+    first = make_worker(data_dir).start()
+    await first.ready()
+    await produce(bootstrap, topic, msgs)
+    assert_counts(await settled(first, topic, ref["counts"]["in"]), ref["counts"])
+    before = first.get("/sensors")[1]
+
+    first.kill()  # SIGKILL: no clean shutdown, no final commit
+    second = make_worker(data_dir).start()
+    await second.ready()
+    await produce(bootstrap, topic, msgs)  # the same bytes again
+
+    def idle_after_resend():
+        c = accounting(second.metrics(), topic)
+        resent_rows = ref["counts"]["in"] - ref["counts"]["dead_lettered"]
+        done = c["duplicate"] >= resent_rows and c["in"] == c["duplicate"] + c["dead_lettered"]
+        return c if done and c["dead_lettered"] >= ref["counts"]["dead_lettered"] else None
+    counts = await eventually(idle_after_resend, "re-sent readings counted", 90)
+    assert counts["accepted"] == 0, counts
+    assert counts["late"] == 0
+    after = second.get("/sensors")[1]
+    assert after == before
+
+
+async def test_ready_health_and_metrics(make_worker):
+    worker = make_worker().start()
+    answers = []
+
+    def check():
+        try:
+            status, body = worker.get("/ready")
+        except OSError:
+            return False
+        answers.append((status, body))
+        return status == 200
+    await eventually(check, "ready", 90, interval=0.05)
+    not_ready = [body for status, body in answers if status == 503]
+    assert not_ready, "expected 503 while the worker joins its group and recovers"
+    assert all(body["ready"] is False and body["reason"] for body in not_ready)
+    assert answers[-1][1]["ready"] is True and answers[-1][1]["partitions"] > 0
+    assert worker.get("/health") == (200, {"status": "ok"})
+    text = worker.get("/metrics")[1]
+    assert "faust_messages_received" in text  # Faust's own sensor metrics
+    assert "sensorstream_readings_in_total" in text or "sensorstream_readings_in" in text

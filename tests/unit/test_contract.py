@@ -1,0 +1,325 @@
+"""The data contract: every accepted shape and alias, every time unit, every reason."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.contract import (
+    ID_FIELDS,
+    TIME_FIELDS,
+    Contract,
+    Reading,
+    Reason,
+    Source,
+    dead_letter,
+    decode_batch,
+    encode_batch,
+    format_ts,
+    parse_time,
+)
+
+NOW = 1_763_000_000_000_000  # 2025-11-13T02:13:20Z in microseconds
+TS = NOW - 60_000_000
+ISO = format_ts(TS)
+CONTRACT = Contract(
+    limits={"humidity": (0.0, 100.0), "voltage": (0.0, 10.0)},
+    max_future_us=300_000_000,
+    attribute_fields=frozenset({"location", "lat", "lon", "unit", "schema_version", "event_id",
+                                "seq", "epoch"}),
+)
+
+
+def parse(doc, now=NOW):
+    raw = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+    return CONTRACT.parse(raw, now)
+
+
+def only_reading(doc):
+    result = parse(doc)
+    assert result.rejections == [], result.rejections
+    assert len(result.readings) == 1
+    return result.readings[0]
+
+
+def only_rejection(doc):
+    result = parse(doc)
+    assert result.readings == []
+    assert len(result.rejections) == 1, result.rejections
+    return result.rejections[0]
+
+
+# -- shapes and aliases -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("id_field", ID_FIELDS)
+def test_every_id_alias(id_field):
+    reading = only_reading({id_field: "s-1", "ts": ISO, "temperature": 21.5})
+    assert reading.sensor_id == "s-1"
+    assert reading.metrics == {"temperature": 21.5}
+
+
+@pytest.mark.parametrize("time_field", TIME_FIELDS)
+def test_every_time_alias(time_field):
+    reading = only_reading({"sensor_id": "s-1", time_field: ISO, "temperature": 21.5})
+    assert reading.ts == TS
+
+
+def test_id_precedence_keeps_other_aliases_as_attributes():
+    reading = only_reading({"device_id": "d", "sensor_id": "s", "ts": ISO, "t": 1})
+    assert reading.sensor_id == "s"
+    assert reading.attributes == {"device_id": "d"}
+
+
+def test_integer_ids_become_strings():
+    assert only_reading({"mote_id": 7, "ts": ISO, "light": 3}).sensor_id == "7"
+    assert only_reading({"mote_id": 7.0, "ts": ISO, "light": 3}).sensor_id == "7"
+
+
+def test_wide_reading_numbers_are_metrics_and_the_rest_attributes():
+    reading = only_reading({
+        "sensor_id": "s", "ts": ISO, "temperature": 21.5, "humidity": 40, "light": None,
+        "location": "lab", "lat": 37.4, "lon": -122.1, "unit": "C", "schema_version": 2,
+        "event_id": 17, "firmware": "1.2", "ok": True, "tags": ["a"], "extra": {"k": 1},
+    })
+    assert reading.metrics == {"temperature": 21.5, "humidity": 40.0, "light": None}
+    assert reading.attributes == {
+        "location": "lab", "lat": 37.4, "lon": -122.1, "unit": "C", "schema_version": 2,
+        "event_id": 17, "firmware": "1.2", "ok": True, "tags": ["a"], "extra": {"k": 1}}
+
+
+def test_metrics_object_holds_metrics_too():
+    reading = only_reading({"sensor_id": "s", "ts": ISO, "pressure": 1013.0,
+                            "metrics": {"Temperature": 20.0, "co2 ppm": 410}})
+    assert reading.metrics == {"pressure": 1013.0, "temperature": 20.0, "co2_ppm": 410.0}
+
+
+@pytest.mark.parametrize("name_field", ["metric", "sensor_type"])
+def test_long_reading(name_field):
+    reading = only_reading({"sensor_id": "s", "event_time": ISO, name_field: "Humidity",
+                            "value": 41.5, "unit": "%", "quality": 3})
+    assert reading.metrics == {"humidity": 41.5}
+    assert reading.attributes == {"unit": "%", "quality": 3}
+
+
+def test_long_reading_null_value_is_missing_not_rejected():
+    assert only_reading({"sensor_id": "s", "ts": ISO, "metric": "t", "value": None}).metrics == {
+        "t": None}
+
+
+def test_envelope_array():
+    result = parse([{"sensor_id": "a", "ts": ISO, "t": 1}, {"sensor_id": "b", "ts": ISO, "t": 2}])
+    assert [r.sensor_id for r in result.readings] == ["a", "b"]
+    assert result.count_in == 2
+
+
+def test_envelope_object_fields_are_defaults_for_each_reading():
+    result = parse({"gateway_id": "g1", "device_id": "d0", "location": "roof", "readings": [
+        {"ts": ISO, "t": 1},
+        {"device_id": "d2", "ts": ISO, "t": 2, "location": "hall"},
+    ]})
+    assert result.rejections == []
+    first, second = result.readings
+    assert (first.sensor_id, first.attributes) == ("d0", {"gateway_id": "g1", "location": "roof"})
+    assert (second.sensor_id, second.attributes) == (
+        "d2", {"gateway_id": "g1", "location": "hall"})
+
+
+def test_envelope_mixing_good_and_bad_readings_keeps_the_good_ones():
+    result = parse({"readings": [
+        {"sensor_id": "a", "ts": ISO, "t": 1, "humidity": 50},
+        {"ts": ISO, "t": 2},
+        "not an object",
+        {"sensor_id": "c", "ts": ISO, "humidity": 150, "t": 3},
+    ]})
+    assert [(r.sensor_id, r.metrics) for r in result.readings] == [
+        ("a", {"t": 1.0, "humidity": 50.0}), ("c", {"t": 3.0})]
+    assert [(x.reason, x.index) for x in result.rejections] == [
+        (Reason.MISSING_ID, 1), (Reason.BAD_SHAPE, 2), (Reason.OUT_OF_RANGE, 3)]
+    assert result.count_in == 3 + 3
+
+
+def test_empty_envelope_has_no_readings():
+    assert parse([]).count_in == 0
+    assert parse({"readings": []}).count_in == 0
+
+
+def test_unknown_fields_never_break_parsing_and_are_carried():
+    reading = only_reading({"sensor_id": "s", "ts": ISO, "t": 1, "new_field_2027": {"x": [1]}})
+    assert reading.attributes == {"new_field_2027": {"x": [1]}}
+
+
+def test_nan_and_infinity_from_lenient_producers_are_rejected_per_metric():
+    raw = b'{"sensor_id": "s", "ts": "%s", "t": NaN, "h": 50, "v": Infinity, "w": 1e400}' % (
+        ISO.encode())
+    result = CONTRACT.parse(raw, NOW)
+    assert [r.metrics for r in result.readings] == [{"h": 50.0}]
+    assert [(x.reason, x.metric) for x in result.rejections] == [
+        (Reason.VALUE_NOT_FINITE, "t"), (Reason.VALUE_NOT_FINITE, "v"),
+        (Reason.VALUE_NOT_FINITE, "w")]
+
+
+# -- time ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (1_700_000_000, 1_700_000_000_000_000),  # seconds
+    (1_700_000_000.25, 1_700_000_000_250_000),  # fractional seconds
+    (1_700_000_000_123, 1_700_000_000_123_000),  # milliseconds
+    (1_700_000_000_123_456, 1_700_000_000_123_456),  # microseconds
+    (1_700_000_000_123_456_789, 1_700_000_000_123_456),  # nanoseconds
+    ("1700000000", 1_700_000_000_000_000),  # numeric string
+    ("1700000000123", 1_700_000_000_123_000),
+    ("2023-11-14T22:13:20Z", 1_700_000_000_000_000),
+    ("2023-11-14T22:13:20", 1_700_000_000_000_000),  # no zone means UTC
+    ("2023-11-15T00:13:20+02:00", 1_700_000_000_000_000),
+    ("2023-11-14 22:13:20.5", 1_700_000_000_500_000),  # the Intel Lab's own format
+    ("2023-11-14T22:13:20.123456789Z", 1_700_000_000_123_456),
+])
+def test_time_units_and_formats(value, expected):
+    assert parse_time(value) == expected
+
+
+@pytest.mark.parametrize("value", [
+    "yesterday", "", "2023-13-01T00:00:00", True, None, [], {}, -5, float("nan"),
+    float("inf"), "12:00", 10**30])
+def test_unusable_times(value):
+    assert parse_time(value) is None
+
+
+def test_format_ts_round_trips():
+    assert parse_time(format_ts(1_700_000_000_123_456)) == 1_700_000_000_123_456
+
+
+# -- every dead-letter reason ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"", Reason.NOT_JSON),
+    (b"{not json", Reason.NOT_JSON),
+    (b"\xff\xfe{}", Reason.NOT_JSON),
+    (b"[" * 5000, Reason.NOT_JSON),
+    (b"42", Reason.BAD_SHAPE),
+    (b'"text"', Reason.BAD_SHAPE),
+    (b'{"readings": {"sensor_id": "s"}}', Reason.BAD_SHAPE),
+])
+def test_whole_message_rejections(raw, reason):
+    result = CONTRACT.parse(raw, NOW)
+    assert [x.reason for x in result.rejections] == [reason]
+    assert result.count_in == 1
+
+
+@pytest.mark.parametrize(("doc", "reason"), [
+    ({"ts": ISO, "t": 1}, Reason.MISSING_ID),
+    ({"sensor_id": None, "ts": ISO, "t": 1}, Reason.MISSING_ID),
+    ({"sensor_id": "", "ts": ISO, "t": 1}, Reason.INVALID_ID),
+    ({"sensor_id": True, "ts": ISO, "t": 1}, Reason.INVALID_ID),
+    ({"sensor_id": {"a": 1}, "ts": ISO, "t": 1}, Reason.INVALID_ID),
+    ({"sensor_id": "x" * 300, "ts": ISO, "t": 1}, Reason.INVALID_ID),
+    ({"sensor_id": "s", "t": 1}, Reason.MISSING_TIME),
+    ({"sensor_id": "s", "ts": "noon", "t": 1}, Reason.INVALID_TIME),
+    ({"sensor_id": "s", "ts": -1, "t": 1}, Reason.INVALID_TIME),
+    ({"sensor_id": "s", "ts": format_ts(NOW + 301_000_000), "t": 1}, Reason.FUTURE_TIME),
+    ({"sensor_id": "s", "ts": ISO, "location": "lab"}, Reason.NO_METRICS),
+    ({"sensor_id": "s", "ts": ISO, "metric": 5, "value": 1}, Reason.INVALID_METRIC),
+    ({"sensor_id": "s", "ts": ISO, "metrics": {"!!": 1}}, Reason.INVALID_METRIC),
+    ({"sensor_id": "s", "ts": ISO, "metric": "t"}, Reason.MISSING_VALUE),
+    ({"sensor_id": "s", "ts": ISO, "metrics": {"t": "21.5"}}, Reason.VALUE_NOT_NUMBER),
+    ({"sensor_id": "s", "ts": ISO, "metrics": {"t": True}}, Reason.VALUE_NOT_NUMBER),
+    ({"sensor_id": "s", "ts": ISO, "metric": "t", "value": "high"}, Reason.VALUE_NOT_NUMBER),
+    ({"sensor_id": "s", "ts": ISO, "humidity": 100.5}, Reason.OUT_OF_RANGE),
+    ({"sensor_id": "s", "ts": ISO, "voltage": -0.1}, Reason.OUT_OF_RANGE),
+    ({"sensor_id": "s", "ts": ISO, "metrics": [1, 2]}, Reason.BAD_SHAPE),
+])
+def test_reading_rejections(doc, reason):
+    rejection = only_rejection(doc)
+    assert rejection.reason == reason
+    assert rejection.message
+
+
+def test_duplicate_metric_in_one_reading_is_rejected_not_overwritten():
+    result = parse({"sensor_id": "s", "ts": ISO, "Temp": 1, "metrics": {"temp": 2}})
+    assert [r.metrics for r in result.readings] == [{"temp": 1.0}]
+    assert [x.reason for x in result.rejections] == [Reason.DUPLICATE_METRIC]
+
+
+def test_future_bound_is_inclusive_of_the_setting():
+    assert only_reading({"sensor_id": "s", "ts": format_ts(NOW + 300_000_000), "t": 1})
+
+
+def test_metric_without_limits_has_none():
+    assert only_reading({"sensor_id": "s", "ts": ISO, "weird": -1e300}).metrics == {
+        "weird": -1e300}
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+def test_dead_letter_record_carries_reason_source_and_original_bytes():
+    raw = b'{"ts": 1}'
+    rejection = CONTRACT.parse(raw, NOW).rejections[0]
+    value, headers = dead_letter(rejection, raw, Source("in", 3, 42, 1000), NOW)
+    record = orjson.loads(value)
+    assert record["reason"] == "missing_id"
+    assert record["source"] == {"topic": "in", "partition": 3, "offset": 42, "timestamp_ms": 1000}
+    assert (record["original"], record["original_encoding"]) == ('{"ts": 1}', "utf-8")
+    hdr = dict(headers)
+    assert hdr["sensorstream-reason"] == b"missing_id"
+    assert hdr["sensorstream-source-offset"] == b"42"
+    assert hdr["sensorstream-message"].decode() == record["message"]
+
+
+def test_dead_letter_of_binary_is_base64():
+    raw = b"\xff\x00\xfe"
+    rejection = CONTRACT.parse(raw, NOW).rejections[0]
+    record = orjson.loads(dead_letter(rejection, raw, Source("in", 0, 1))[0])
+    assert record["original_encoding"] == "base64"
+    assert base64.b64decode(record["original"]) == raw
+
+
+def test_hand_over_batch_round_trips():
+    items = [(Reading("s", TS, {"t": 1.5, "h": None}, {"a": [1]}), Source("in", 1, 2), NOW)]
+    back = list(decode_batch(encode_batch(items)))
+    assert back == [(items[0][0], Source("in", 1, 2), NOW)]
+
+
+# -- properties -------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from([*ID_FIELDS, *TIME_FIELDS, "metric", "value", "metrics", "readings",
+                         "temperature", "humidity", "x"]) | st.text(max_size=5),
+        children, max_size=6),
+    max_leaves=20)
+
+
+def _accounting_holds(result):
+    assert result.count_in == result.rows + len(result.rejections)
+    for reading in result.readings:
+        assert reading.metrics
+        assert isinstance(reading.sensor_id, str) and reading.sensor_id
+        assert reading.ts >= 0
+    for rejection in result.rejections:
+        assert isinstance(rejection.reason, Reason) and rejection.message
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(raw):
+    _accounting_holds(CONTRACT.parse(raw, NOW))
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_arbitrary_json_never_raises_and_accounts(doc):
+    raw = json.dumps(doc, allow_nan=True).encode()
+    result = CONTRACT.parse(raw, NOW)
+    _accounting_holds(result)
+    assert result.count_in >= (0 if isinstance(doc, list) or (
+        isinstance(doc, dict) and "readings" in doc) else 1)

@@ -1,0 +1,51 @@
+"""Settings: defaults, validation with the setting's name in the message."""
+
+import pytest
+
+from app.settings import SPECS, SettingError, load, parse_duration
+
+
+def test_defaults_load():
+    s = load({})
+    assert s.input_topics == ("sensor-readings",)
+    assert s.max_future == 300.0
+    assert s.dedup_horizon == 86_400.0
+    assert s.physical_limits["humidity"] == (0.0, 100.0)
+    assert s.canonical_url == "http://127.0.0.1:6066"
+    assert not s.is_set("BROKER")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("250ms", 0.25), ("30s", 30), ("5m", 300), ("24h", 86_400), ("2d", 172_800), ("7", 7)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("name", "value", "fragment"), [
+    ("SENSORSTREAM_WEB_PORT", "http", "integer"),
+    ("SENSORSTREAM_WEB_PORT", "70000", "between"),
+    ("SENSORSTREAM_MAX_FUTURE", "soon", "duration"),
+    ("SENSORSTREAM_DEDUP_HORIZON", "0s", "greater than zero"),
+    ("SENSORSTREAM_BROKER", "localhost:9092", "kafka://"),
+    ("SENSORSTREAM_INPUT_PATTERN", "sensor-(", "regular expression"),
+    ("SENSORSTREAM_INPUT_PATTERN", "sensor-.*", "own output topic"),
+    ("SENSORSTREAM_INPUT_TOPICS", "a,sensor-readings-dlq", "own output topic"),
+    ("SENSORSTREAM_INPUT_TOPICS", "bad topic", "topic name"),
+    ("SENSORSTREAM_PHYSICAL_LIMITS", '{"humidity": [100, 0]}', "low <= high"),
+    ("SENSORSTREAM_PHYSICAL_LIMITS", "humidity=0..100", "JSON"),
+    ("SENSORSTREAM_PG_DSN", "mysql://x", "postgresql://"),
+    ("SENSORSTREAM_OFFSET_RESET", "middle", "earliest"),
+    ("SENSORSTREAM_HEARTBEAT_INTERVAL", "1m", "shorter than"),
+    ("SENSORSTREAM_NO_SUCH_THING", "1", "unknown setting"),
+])
+def test_bad_values_name_the_setting(name, value, fragment):
+    with pytest.raises(SettingError) as info:
+        load({name: value})
+    assert info.value.name == name
+    assert name in str(info.value) and fragment in str(info.value)
+
+
+def test_every_default_is_valid_and_documented():
+    for spec in SPECS:
+        spec.parse(spec.default)
+        assert spec.doc.endswith("."), spec.key
