@@ -18,13 +18,13 @@ from app.contract import decode_batch, format_ts
 from app.main import app, settings
 from app.topics import by_sensor, late
 from tables import latest
-from tables.dedup import BUCKET_US, Evidence, bucket_of, expired
+from tables.dedup import BUCKET_US, Evidence, Expiry, bucket_of, expired
 from tables.sensor_state import dedup, local_keys, sensors, stream_time
 
 log = logging.getLogger(__name__)
 
 HORIZON_US = int(settings.dedup_horizon * 1_000_000)
-_last_expiry: dict[int, int] = {}
+_expiry = Expiry()
 
 
 @app.agent(by_sensor, name="per-sensor")
@@ -35,13 +35,14 @@ async def per_sensor(stream):
 
 
 async def apply_batch(partition: int, value: bytes) -> None:
-    part_key = str(partition)
+    part_key = str(partition).encode()
     raw_time = stream_time.get(part_key)
     newest = int(raw_time) if raw_time is not None else 0
     evidence = Evidence(dedup)
     latest_records: dict[str, dict[str, Any]] = {}
     late_records: list[tuple[str, bytes]] = []
     counts: defaultdict[tuple[str, str], int] = defaultdict(int)
+    oldest_written: int | None = None
 
     for reading, source, _ingested_at in decode_batch(value):
         topic = source.topic
@@ -58,19 +59,24 @@ async def apply_batch(partition: int, value: bytes) -> None:
         counts[topic, "duplicate"] += len(reading.metrics) - len(fresh)
         counts[topic, "missing"] += sum(1 for v in fresh.values() if v is None)
         if fresh:
+            bucket = bucket_of(reading.ts)
+            oldest_written = bucket if oldest_written is None else min(oldest_written, bucket)
             record = latest_records.get(reading.sensor_id)
             if record is None:
-                raw = sensors.get(reading.sensor_id)
+                raw = sensors.get(reading.sensor_id.encode())
                 record = orjson.loads(raw) if raw is not None else None
             latest_records[reading.sensor_id] = latest.merge(
                 record, reading.ts, fresh, reading.attributes)
 
     evidence.flush()
+    scope = (partition, app.consumer_generation_id)
+    if oldest_written is not None:
+        _expiry.wrote(scope, oldest_written)
     for sensor_id, record in latest_records.items():
-        sensors[sensor_id] = orjson.dumps(record)
+        sensors[sensor_id.encode()] = orjson.dumps(record)
     if raw_time is None or newest > int(raw_time):
         stream_time[part_key] = str(newest).encode()
-        _expire(partition, newest)
+    _expire(partition, scope, newest)
     for sensor_id, record in late_records:
         await late.send(key=sensor_id.encode(), value=record,
                         headers=[("sensorstream-reason", b"beyond_dedup_horizon")])
@@ -102,15 +108,16 @@ def _late_record(reading, source, newest: int) -> bytes:
     })
 
 
-def _expire(partition: int, newest: int) -> None:
-    """Drop dedup evidence older than the horizon, at most once per event-time minute."""
+def _expire(partition: int, scope: tuple[int, int], newest: int) -> None:
+    """Drop dedup evidence older than the horizon (scope: partition and rebalance
+    generation, so a partition that moved is scanned afresh)."""
     cutoff = bucket_of(newest - HORIZON_US)
-    if _last_expiry.get(partition, -1) >= cutoff:
+    if not _expiry.due(scope, cutoff):
         return
-    _last_expiry[partition] = cutoff
-    keys = list(expired(local_keys(dedup, partition), cutoff))
+    keys, oldest_kept = expired(local_keys(dedup, partition), cutoff)
+    _expiry.scanned(scope, oldest_kept)
     for key in keys:
-        del dedup[key]
+        del dedup[key.encode()]
     if keys:
         log.info("expired %d dedup records", len(keys), extra={
             "partition": partition, "before": format_ts(cutoff * BUCKET_US)})

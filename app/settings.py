@@ -175,7 +175,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("APP_ID", "sensorstream", _nonempty,
          "Faust app id: the consumer group and the prefix of internal topics."),
     Spec("BROKER", "kafka://127.0.0.1:9092", _kafka_url,
-         "Kafka bootstrap server. `make stack` starts Tansu here unless this is set."),
+         "Kafka bootstrap server; when set, `make stack` uses it instead of starting Tansu."),
     Spec("INPUT_TOPICS", "sensor-readings", _topic_list,
          "Comma-separated input topics."),
     Spec("INPUT_PATTERN", "", _optional_regex,
@@ -308,3 +308,16 @@ def _cross_check(settings: Settings) -> None:
         if clash:
             raise SettingError(PREFIX + "INPUT_TOPICS", ",".join(settings.input_topics),
                                f"includes the service's own output topic {clash[0]!r}")
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from SPECS (a test keeps them equal)."""
+    rows = ["| Setting | Default | Meaning |", "|---|---|---|"]
+    for spec in SPECS:
+        default = f"`{spec.default}`" if spec.default else "(unset)"
+        rows.append(f"| `{spec.env}` | {default} | {spec.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

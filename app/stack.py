@@ -361,9 +361,9 @@ def tansu_binary() -> str:
                          "SENSORSTREAM_BROKER to an existing Kafka broker") from None
 
 
-def postgres_bindir() -> Path:
+def postgres_bindir(root: Path = Path("/usr/lib/postgresql")) -> Path:
     """Directory of PostgreSQL's server binaries (initdb, pg_ctl), newest version first."""
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+    candidates = sorted(root.glob("*/bin"),
                         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
                         reverse=True)
     on_path = shutil.which("pg_ctl")

@@ -1,14 +1,14 @@
 """Deduplication evidence: the (metric, ts) pairs of a sensor already accepted.
 
 Evidence is kept per sensor and event-time minute, in one table record
-``"<minute>|<sensor_id>"`` -> ``{metric: [ts, ...]}``. The minute comes first and is
+``b"<minute>|<sensor_id>"`` -> ``{metric: [ts, ...]}``. The minute comes first and is
 zero-padded, so a partition's records sort by time and expire by a prefix scan.
 Plain logic over a mutable mapping: the per-sensor agent hands it a Faust table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, MutableMapping
 
 import orjson
 
@@ -27,14 +27,41 @@ def bucket_prefix(bucket: int) -> str:
     return f"{bucket:010d}|"
 
 
-def expired(sorted_keys: Iterable[str], cutoff_bucket: int) -> Iterator[str]:
-    """Keys of buckets before ``cutoff_bucket``, from keys in sorted order."""
+def expired(sorted_keys: Iterable[str], cutoff_bucket: int) -> tuple[list[str], int | None]:
+    """Keys of buckets before ``cutoff_bucket`` and the oldest bucket that stays (None when
+    none does), from a partition's keys in sorted order."""
     cutoff = bucket_prefix(cutoff_bucket)
+    old = []
     for key in sorted_keys:
+        if not key[:10].isdigit():
+            continue
         if key >= cutoff:
-            return
-        if key[:10].isdigit():
-            yield key
+            return old, int(key[:10])
+        old.append(key)
+    return old, None
+
+
+class Expiry:
+    """When a partition's evidence needs a scan: only once the cutoff passes the oldest
+    bucket it may hold. Every bucket written after a scan is at or after that scan's
+    cutoff, so the oldest bucket is known without reading the store again."""
+
+    def __init__(self) -> None:
+        self._oldest: dict[object, int | None] = {}
+
+    def due(self, scope: object, cutoff_bucket: int) -> bool:
+        if scope not in self._oldest:
+            return True
+        oldest = self._oldest[scope]
+        return oldest is not None and oldest < cutoff_bucket
+
+    def scanned(self, scope: object, oldest_kept: int | None) -> None:
+        self._oldest[scope] = oldest_kept
+
+    def wrote(self, scope: object, bucket: int) -> None:
+        if scope in self._oldest:
+            oldest = self._oldest[scope]
+            self._oldest[scope] = bucket if oldest is None else min(oldest, bucket)
 
 
 class Evidence:
@@ -47,14 +74,14 @@ class Evidence:
     the changelog level with the store.
     """
 
-    def __init__(self, table: MutableMapping[str, bytes]) -> None:
+    def __init__(self, table: MutableMapping[bytes, bytes]) -> None:
         self._table = table
         self._records: dict[str, dict[str, set[int]]] = {}
 
     def _record(self, key: str) -> dict[str, set[int]]:
         record = self._records.get(key)
         if record is None:
-            raw = self._table.get(key)
+            raw = self._table.get(key.encode())
             record = {} if raw is None else {m: set(ts) for m, ts in orjson.loads(raw).items()}
             self._records[key] = record
         return record
@@ -69,7 +96,7 @@ class Evidence:
 
     def flush(self) -> int:
         for key, record in self._records.items():
-            self._table[key] = orjson.dumps({m: sorted(ts) for m, ts in record.items()})
+            self._table[key.encode()] = orjson.dumps({m: sorted(ts) for m, ts in record.items()})
         written = len(self._records)
         self._records.clear()
         return written

@@ -9,13 +9,15 @@ from faust.tables.base import Collection
 
 from app.main import app, settings
 
-_TABLE = {"partitions": settings.partitions, "key_type": str, "value_type": bytes}
+# Raw UTF-8 keys: the changelog key of a sensor is its id's bytes, so Kafka's default
+# partitioner (app.table_route) finds the same partition as app.topics.sensor_partition.
+_TABLE = {"partitions": settings.partitions, "key_type": bytes, "value_type": bytes}
 
-#: ``"<minute>|<sensor_id>"`` -> dedup evidence (tables.dedup).
+#: ``b"<minute>|<sensor_id>"`` -> dedup evidence (tables.dedup).
 dedup = app.Table("dedup", help="Accepted (metric, ts) per sensor and minute", **_TABLE)
-#: ``sensor_id`` -> latest values (tables.latest).
+#: ``b"<sensor_id>"`` -> latest values (tables.latest).
 sensors = app.Table("sensors", help="Latest value of each metric per sensor", **_TABLE)
-#: ``"<partition>"`` -> the largest event time seen in that partition (microseconds).
+#: ``b"<partition>"`` -> the largest event time seen in that partition (microseconds).
 stream_time = app.Table("stream-time", help="Newest event time per partition", **_TABLE)
 
 

@@ -14,7 +14,7 @@ from tables.sensor_state import sensors
 
 
 def _local() -> list[dict[str, Any]]:
-    return [latest.summary(k, orjson.loads(v)) for k, v in sensors.items()]
+    return [latest.summary(k.decode(), orjson.loads(v)) for k, v in sensors.items()]
 
 
 async def _remote(url: str) -> list[dict[str, Any]]:
@@ -47,7 +47,7 @@ async def list_sensors(self: web.View, request: web.Request) -> web.Response:
 @app.page("/sensors/{sensor_id}")
 @app.table_route(table=sensors, match_info="sensor_id")
 async def get_sensor(self: web.View, request: web.Request, sensor_id: str) -> web.Response:
-    raw = sensors.get(sensor_id)
+    raw = sensors.get(sensor_id.encode())
     if raw is None:
         return self.json({"error": f"unknown sensor {sensor_id!r}"}, status=404)
     return self.json(latest.detail(sensor_id, orjson.loads(raw)))

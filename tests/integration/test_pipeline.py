@@ -200,3 +200,63 @@ async def test_ready_health_and_metrics(make_worker):
     text = worker.get("/metrics")[1]
     assert "faust_messages_received" in text  # Faust's own sensor metrics
     assert "sensorstream_readings_in_total" in text or "sensorstream_readings_in" in text
+
+
+async def test_dedup_horizon_bounds_the_state(make_worker, app_env, bootstrap):
+    """Evidence older than the horizon behind the partition's newest reading is deleted
+    (tombstones in the changelog); a reading that old goes to the late topic, counted."""
+    topic = app_env["SENSORSTREAM_INPUT_TOPICS"]
+    worker = make_worker(SENSORSTREAM_DEDUP_HORIZON="1h", SENSORSTREAM_PARTITIONS="1").start()
+    t0 = int((time.time() - 5 * 3600) * 1e6)
+    old = [(None, orjson.dumps({"sensor_id": "a", "ts": t0, "temperature": 20.0, "light": 1}))]
+    new = [(None, orjson.dumps({"sensor_id": "b", "ts": t0 + 2 * 3600 * 10**6,
+                                "temperature": 21.0}))]
+    await worker.ready()
+    await produce(bootstrap, topic, old)
+    await settled(worker, topic, 2)
+    await produce(bootstrap, topic, new)
+    await settled(worker, topic, 3)
+    await produce(bootstrap, topic, old + new)
+    counts = await settled(worker, topic, 6)
+    assert (counts["accepted"], counts["duplicate"], counts["late"]) == (3, 1, 2)
+
+    late = await read_all(bootstrap, app_env["SENSORSTREAM_LATE_TOPIC"], expected=1)
+    assert len(late) == 1
+    record = orjson.loads(late[0].value)
+    assert record["reason"] == "beyond_dedup_horizon" and record["sensor_id"] == "a"
+    assert dict(late[0].headers)["sensorstream-reason"] == b"beyond_dedup_horizon"
+
+    changelog = await read_all(bootstrap, f"{app_env['SENSORSTREAM_APP_ID']}-dedup-changelog")
+    tombstones = [r.key.decode() for r in changelog if r.value is None]
+    assert tombstones == [f"{t0 // 60_000_000:010d}|a"]
+
+
+async def test_any_worker_of_the_group_answers_for_every_sensor(make_worker, app_env,
+                                                                 bootstrap):
+    topic = app_env["SENSORSTREAM_INPUT_TOPICS"]
+    one, two = make_worker().start(), make_worker().start()
+    await one.ready()
+    await two.ready()
+
+    async def both_own_partitions():
+        return all(w.get("/ready")[1].get("partitions", 0) > 0 for w in (one, two))
+    await eventually(both_own_partitions, "both workers own partitions", 60)
+    now = time.time()
+    ids = [f"sensor-{i}" for i in range(40)]
+    await produce(bootstrap, topic, [
+        (None, orjson.dumps({"sensor_id": s, "ts": now - 30, "temperature": float(i)}))
+        for i, s in enumerate(ids)])
+
+    def all_accepted():
+        return sum(accounting(w.metrics(), topic)["accepted"] for w in (one, two)) == len(ids)
+    await eventually(all_accepted, "every reading accepted by one of the two workers", 60)
+    per_worker = [len(w.get("/sensors?scope=local")[1]["sensors"]) for w in (one, two)]
+    assert sum(per_worker) == len(ids) and min(per_worker) > 0, per_worker
+    for worker in (one, two):
+        listed = worker.get("/sensors")[1]
+        assert [s["sensor_id"] for s in listed["sensors"]] == sorted(ids)
+    for i, sensor_id in enumerate(ids):
+        answers = [w.get(f"/sensors/{sensor_id}") for w in (one, two)]
+        assert answers[0] == answers[1]
+        status, body = answers[0]
+        assert status == 200 and body["metrics"]["temperature"]["value"] == float(i)

@@ -3,32 +3,48 @@
 import orjson
 
 from tables import latest
-from tables.dedup import BUCKET_US, Evidence, bucket_key, expired
+from tables.dedup import BUCKET_US, Evidence, Expiry, bucket_key, expired
 
 
 def test_evidence_accepts_once_across_batches_and_rewrites_touched_records():
-    table: dict[str, bytes] = {}
+    table: dict[bytes, bytes] = {}
     first = Evidence(table)
     assert first.accept("s", "t", 5)
     assert first.accept("s", "h", 5)
     assert not first.accept("s", "t", 5)
     assert first.accept("s", "t", 5 + BUCKET_US)
     assert first.flush() == 2
-    assert orjson.loads(table[bucket_key("s", 5)]) == {"t": [5], "h": [5]}
+    assert orjson.loads(table[bucket_key("s", 5).encode()]) == {"t": [5], "h": [5]}
 
     second = Evidence(table)
     assert not second.accept("s", "t", 5)
     assert second.accept("other", "t", 5)
     table.clear()  # only what flush writes back is in the table now
     assert second.flush() == 2
-    assert set(table) == {bucket_key("s", 5), bucket_key("other", 5)}
+    assert set(table) == {bucket_key("s", 5).encode(), bucket_key("other", 5).encode()}
 
 
 def test_bucket_keys_sort_by_time_and_expire_by_prefix():
     keys = sorted([bucket_key("b", 3 * BUCKET_US), bucket_key("a", BUCKET_US),
                    bucket_key("z", 2 * BUCKET_US), "__faust\0offset__"])
-    assert list(expired(keys, 3)) == [bucket_key("a", BUCKET_US), bucket_key("z", 2 * BUCKET_US)]
-    assert list(expired(keys, 0)) == []
+    assert expired(keys, 3) == (
+        [bucket_key("a", BUCKET_US), bucket_key("z", 2 * BUCKET_US)], 3)
+    assert expired(keys, 0) == ([], 1)
+    assert expired(keys, 9)[1] is None
+
+
+def test_expiry_scans_only_when_something_can_expire():
+    expiry = Expiry()
+    assert expiry.due("p", 5)  # never scanned: unknown
+    expiry.scanned("p", 7)
+    assert not expiry.due("p", 7)
+    assert expiry.due("p", 8)
+    expiry.wrote("p", 6)
+    assert expiry.due("p", 7)
+    expiry.scanned("p", None)  # nothing left
+    assert not expiry.due("p", 10**6)
+    expiry.wrote("p", 20)
+    assert expiry.due("p", 21) and not expiry.due("p", 20)
 
 
 def test_latest_keeps_the_newest_value_per_metric():

@@ -1,0 +1,51 @@
+# Every target does its own set-up; all of them can run again safely.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STACK_DIR := $(or $(SENSORSTREAM_STACK_DIR),.stack)
+
+.PHONY: setup demo test lint stack stack-down worker simulate bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[stack,dev]'
+	touch $@
+
+## The main job on the embedded default: local stack, a worker, the simulator. Ctrl-C stops it.
+demo: setup
+	$(BIN)/python -m app.demo
+
+## The whole test suite; starts and stops the real services it uses.
+test: setup lint
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+## Start / stop the local services (broker, PostgreSQL, S3) in the background.
+stack: setup
+	$(BIN)/python -m app.stack up
+
+stack-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m app.stack down; \
+	else echo "stopped: nothing (no stack running)"; fi
+
+## A worker against `make stack` (reads the settings the stack chose).
+worker: setup
+	set -a && . $(STACK_DIR)/env && set +a && $(BIN)/faust -A app worker -l info
+
+## The simulator against `make stack`; pass options with ARGS="--count 1000 --speed 0".
+simulate: setup
+	set -a && . $(STACK_DIR)/env && set +a && $(BIN)/sensorstream-simulate $(ARGS)
+
+## Benchmarks (ratios against a baseline measured in the same run).
+bench: setup
+	$(BIN)/python -m bench.ingest $(ARGS)
+
+clean: stack-down
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis *.egg-info

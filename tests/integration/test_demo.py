@@ -1,0 +1,59 @@
+"""``make demo``: ready within 90 s, lists the simulated motes, Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.stack import pid_alive
+
+from .harness import ROOT, env_without_sensorstream, eventually, free_port, http_get
+
+pytestmark = pytest.mark.integration
+
+
+async def test_demo_runs_and_stops_what_it_started(tmp_path):
+    stack_dir = tmp_path / "stack"
+    port = free_port()
+    env = {**env_without_sensorstream(),
+           "SENSORSTREAM_STACK_DIR": str(stack_dir),
+           "SENSORSTREAM_STACK_KAFKA_PORT": str(free_port()),
+           "SENSORSTREAM_STACK_PG_PORT": str(free_port()),
+           "SENSORSTREAM_STACK_S3_PORT": str(free_port()),
+           "SENSORSTREAM_WEB_PORT": str(port)}
+    log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
+    demo = subprocess.Popen([sys.executable, "-m", "app.demo"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def ready():
+            assert demo.poll() is None, (tmp_path / "demo.log").read_text()
+            try:
+                return http_get(f"{url}/ready")[0] == 200
+            except OSError:
+                return False
+        await eventually(ready, "the demo's /ready answers 200", deadline=90)
+        state = json.loads((stack_dir / "stack.json").read_text())
+
+        def motes():
+            status, body = http_get(f"{url}/sensors")
+            return status == 200 and {s["sensor_id"] for s in body["sensors"]} == {
+                str(i) for i in range(1, 55)}
+        await eventually(motes, "/sensors lists the 54 simulated motes", deadline=60)
+        status, mote = http_get(f"{url}/sensors/1")
+        assert status == 200
+        assert set(mote["metrics"]) >= {"temperature", "light", "voltage"}
+    finally:
+        demo.send_signal(signal.SIGINT)
+        code = demo.wait(60)
+    output = Path(tmp_path / "demo.log").read_text()
+    assert code == 0, output
+    assert "stopped: simulator, worker, s3, postgres, broker" in output
+    for service in state.values():
+        assert not pid_alive(service["pid"])
+    assert not (stack_dir / "stack.json").exists()

