@@ -12,19 +12,20 @@ from app.logs import JsonFormatter, logging_config
 from app.transport import faust_broker_url
 
 
-def _load_settings() -> _settings.Settings:
-    try:
-        return _settings.load()
-    except _settings.SettingError as exc:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        log = logging.getLogger("sensorstream.settings")
-        log.addHandler(handler)
-        log.critical("cannot start: %s", exc, extra={"setting": exc.name})
-        raise SystemExit(2) from None
+def stop_startup(exc: _settings.SettingError) -> None:
+    """One clear log line naming the setting, then exit: no traceback."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("sensorstream.settings")
+    log.addHandler(handler)
+    log.critical("cannot start: %s", exc, extra={"setting": exc.name})
+    raise SystemExit(2) from None
 
 
-settings = _load_settings()
+try:
+    settings = _settings.load()
+except _settings.SettingError as error:
+    stop_startup(error)
 
 app = faust.App(
     settings.app_id,

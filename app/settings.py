@@ -179,7 +179,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("INPUT_TOPICS", "sensor-readings", _topic_list,
          "Comma-separated input topics."),
     Spec("INPUT_PATTERN", "", _optional_regex,
-         "Regular expression of input topics; when set it replaces `INPUT_TOPICS`."),
+         "Regular expression (full match) of input topics; when set it replaces "
+         "`INPUT_TOPICS`. At start-up it must match at least one topic."),
+    Spec("INPUT_PATTERN_REFRESH", "60s", _positive_duration,
+         "How often to look for new topics matching `INPUT_PATTERN`; Faust subscribes to "
+         "them about 45 s after they are found."),
     Spec("DLQ_TOPIC", "sensor-readings-dlq", _topic_name,
          "Dead-letter topic: rejected readings with reason and original bytes."),
     Spec("LATE_TOPIC", "sensor-readings-late", _topic_name,

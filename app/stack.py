@@ -249,6 +249,7 @@ class Stack:
         dsn = f"postgresql://{PG_USER}@127.0.0.1:{port}/postgres"
         wait_until(lambda: pg_answers(dsn), f"PostgreSQL on port {port}")
         pid = int((data / "postmaster.pid").read_text().split()[0])
+        (self.dir / "postgres.pid").write_text(f"{pid}\n")
         ensure_database(dsn, PG_DATABASE)
         return {"started": True, "pid": pid, "port": port, "data": str(data), "user": user,
                 "marker": str(data),

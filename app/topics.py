@@ -3,19 +3,64 @@ by the worker with an explicit partition count and configs."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
-from app.main import app, settings
+from app.main import app, settings, stop_startup
+from app.settings import PREFIX, SettingError
+
+log = logging.getLogger(__name__)
 
 RETENTION_7D = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "delete"}
+BOOTSTRAP = settings.broker.split("://", 1)[1]
+
+
+def _own(topic: str) -> bool:
+    return topic in settings.internal_topics or topic.startswith(f"{settings.app_id}-")
+
+
+async def matching_topics(pattern: str) -> list[str]:
+    """Existing topics that fully match ``pattern``, never the service's own."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        names = await admin.list_topics()
+    finally:
+        await admin.close()
+    regex = re.compile(pattern)
+    return sorted(t for t in names if regex.fullmatch(t) and not _own(t))
+
+
+def _initial_pattern_topics() -> list[str]:
+    # Faust's aiokafka driver cannot subscribe by pattern, so the pattern is resolved
+    # here, before the worker's event loop runs (hence a thread with its own loop).
+    setting = PREFIX + "INPUT_PATTERN"
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            names = pool.submit(asyncio.run, matching_topics(settings.input_pattern)).result(60)
+    except Exception as exc:
+        stop_startup(SettingError(setting, settings.input_pattern,
+                                  f"cannot list topics at {settings.broker}: {exc}"))
+    if not names:
+        stop_startup(SettingError(setting, settings.input_pattern,
+                                  "matches no existing topic; create the input topics first"))
+    return names
+
 
 if settings.input_pattern:
-    readings = app.topic(pattern=settings.input_pattern, value_type=bytes, key_type=bytes)
+    readings = app.topic(*_initial_pattern_topics(), value_type=bytes, key_type=bytes)
 else:
     # internal=True: the worker creates a missing input topic with these partitions and
     # configs before subscribing (an existing topic is used as it is).
     readings = app.topic(*settings.input_topics, value_type=bytes, key_type=bytes,
                          internal=True, partitions=settings.partitions, config=RETENTION_7D)
+# A list, shared with the clone each agent iterates: new pattern matches join it in place.
+readings.topics = list(readings.topics)
 
 dead_letters = app.topic(settings.dlq_topic, value_type=bytes, key_type=bytes, internal=True,
                          partitions=settings.partitions, config=RETENTION_7D)
@@ -32,3 +77,21 @@ def sensor_partition(sensor_id: str, partitions: int = settings.partitions) -> i
     """The partition of a sensor: Kafka's default partitioner on the raw id, which is also
     where ``app.table_route`` looks for a table key equal to the sensor id."""
     return (murmur2(sensor_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+if settings.input_pattern:
+
+    @app.timer(settings.input_pattern_refresh)
+    async def subscribe_new_pattern_matches() -> None:
+        """Add topics created since start-up that match the input pattern."""
+        try:
+            found = await matching_topics(settings.input_pattern)
+        except Exception as exc:
+            log.warning("cannot list topics for %s: %s", PREFIX + "INPUT_PATTERN", exc)
+            return
+        new = [t for t in found if t not in readings.topics]
+        if new:
+            readings.topics.extend(new)
+            app.topics._flag_changes()  # the conductor resubscribes (after its 45 s lock)
+            log.info("new input topics match the pattern: %s", ", ".join(new),
+                     extra={"pattern": settings.input_pattern})

@@ -4,6 +4,8 @@ dead-letters and counts; checked against an independent reference computation.""
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -15,7 +17,7 @@ from app.contract import Contract, format_ts
 from app.settings import load
 from app.simulator import Plan, messages
 
-from .harness import accounting, eventually, produce, read_all
+from .harness import ROOT, accounting, create_topic, eventually, produce, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -260,3 +262,55 @@ async def test_any_worker_of_the_group_answers_for_every_sensor(make_worker, app
         assert answers[0] == answers[1]
         status, body = answers[0]
         assert status == 200 and body["metrics"]["temperature"]["value"] == float(i)
+
+
+@pytest.mark.parametrize("mode", ["list", "pattern"])
+async def test_several_input_topics_by_list_or_pattern(make_worker, app_env, bootstrap, mode):
+    base = app_env["SENSORSTREAM_INPUT_TOPICS"]
+    topics = [f"{base}-east", f"{base}-west"]
+    for topic in topics:
+        await create_topic(bootstrap, topic, 2)
+    if mode == "list":
+        worker = make_worker(SENSORSTREAM_INPUT_TOPICS=",".join(topics))
+    else:
+        worker = make_worker(SENSORSTREAM_INPUT_PATTERN=f"{base}-(east|west)")
+    worker.start()
+    await worker.ready()
+    now = time.time()
+    for n, topic in enumerate(topics, start=1):
+        await produce(bootstrap, topic, [
+            (None, orjson.dumps({"sensor_id": f"{topic}-{i}", "ts": now - 10, "t": i}))
+            for i in range(n * 5)] + [(None, b"garbage")])
+
+    per_topic = {topic: await settled(worker, topic, 5 * n + 1)
+                 for n, topic in enumerate(topics, start=1)}
+    for n, topic in enumerate(topics, start=1):
+        assert per_topic[topic]["accepted"] == 5 * n
+        assert per_topic[topic]["dead_lettered"] == 1
+
+
+async def test_pattern_picks_up_topics_created_later(make_worker, app_env, bootstrap):
+    base = app_env["SENSORSTREAM_INPUT_TOPICS"]
+    await create_topic(bootstrap, f"{base}-a", 2)
+    worker = make_worker(SENSORSTREAM_INPUT_PATTERN=f"{base}-.*",
+                         SENSORSTREAM_INPUT_PATTERN_REFRESH="1s").start()
+    await worker.ready()
+    later = f"{base}-b"
+    await create_topic(bootstrap, later, 2)
+    await produce(bootstrap, later, [
+        (None, orjson.dumps({"sensor_id": "late-topic", "ts": time.time() - 5, "t": 1.0}))])
+    # Faust resubscribes about 45 s after a change (its conductor's lock), plus a rebalance.
+    counts = await settled(worker, later, 1)
+    assert counts["accepted"] == 1
+
+
+def test_pattern_matching_nothing_stops_startup(app_env, tmp_path):
+    env = {**app_env, "SENSORSTREAM_INPUT_PATTERN": "no-such-topic-.*",
+           "SENSORSTREAM_DATA_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "faust", "-A", "app", "worker"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    line = orjson.loads(result.stderr.strip().splitlines()[-1])
+    assert line["setting"] == "SENSORSTREAM_INPUT_PATTERN"
+    assert "matches no existing topic" in line["msg"]
+    assert "Traceback" not in result.stderr
