@@ -13,15 +13,13 @@ import logging
 from collections import defaultdict
 
 from app import metrics
-from app.contract import Contract, Reading, Source, dead_letter, encode_batch, now_us
+from app.contract import Contract, Reading, Source, dead_letter, encode_batches, now_us
 from app.main import app, settings
 from app.topics import by_sensor, dead_letters, readings, sensor_partition
 
 log = logging.getLogger(__name__)
 
 contract = Contract.from_settings(settings)
-#: Readings per hand-over message: keeps each well below Kafka's 1 MB message limit.
-CHUNK = 1000
 
 
 @app.agent(readings, name="ingest")
@@ -52,6 +50,5 @@ async def forward(events) -> None:
         for reading in parsed.readings:
             routed[sensor_partition(reading.sensor_id)].append((reading, source, now))
     for partition, items in routed.items():
-        for start in range(0, len(items), CHUNK):
-            chunk = items[start:start + CHUNK]
-            await by_sensor.send(partition=partition, value=encode_batch(chunk))
+        for value in encode_batches(items):
+            await by_sensor.send(partition=partition, value=value)

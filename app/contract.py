@@ -25,6 +25,9 @@ from typing import Any
 import orjson
 
 CONTRACT_VERSION = 1
+#: Largest record the service writes (dead letters, hand-over batches): room for the
+#: largest input message Kafka accepts by default (1 MB), base64-encoded, and more.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
 
 ID_FIELDS = ("sensor_id", "device_id", "mote_id", "asset_id")
 TIME_FIELDS = ("timestamp", "ts", "event_time", "time")
@@ -387,8 +390,14 @@ class Source:
 
 
 def dead_letter(rejection: Rejection, original: bytes | None, source: Source,
-                at_us: int | None = None) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """The dead-letter record of one rejection: JSON value and headers (same facts in both)."""
+                at_us: int | None = None,
+                max_bytes: int = MAX_RECORD_BYTES) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The dead-letter record of one rejection: JSON value and headers (same facts in both).
+
+    Only an original too large for ``max_bytes`` even as the sole content is cut, and
+    the record says so (``original_truncated``, ``original_size``); the whole message
+    stays in the source topic at the offset the record names.
+    """
     original = original or b""
     try:
         text, encoding = original.decode("utf-8"), "utf-8"
@@ -405,8 +414,17 @@ def dead_letter(rejection: Rejection, original: bytes | None, source: Source,
         "metric": rejection.metric,
         "original": text,
         "original_encoding": encoding,
+        "original_size": len(original),
+        "original_truncated": False,
         "dead_lettered_at": format_ts(now_us() if at_us is None else at_us),
     }
+    value = orjson.dumps(record)
+    if len(value) > max_bytes:
+        keep = max(0, len(original) - (len(value) - max_bytes) - 1024)
+        record["original"] = base64.b64encode(original[: keep * 3 // 4]).decode("ascii")
+        record["original_encoding"] = "base64"
+        record["original_truncated"] = True
+        value = orjson.dumps(record)
     headers = [
         ("sensorstream-reason", str(rejection.reason).encode()),
         ("sensorstream-message", rejection.message.encode("utf-8", "replace")),
@@ -415,7 +433,7 @@ def dead_letter(rejection: Rejection, original: bytes | None, source: Source,
         ("sensorstream-source-offset", str(source.offset).encode()),
         ("sensorstream-original-encoding", encoding.encode()),
     ]
-    return orjson.dumps(record), headers
+    return value, headers
 
 
 # -- the internal hand-over between the validating and the per-sensor stage ----------------
@@ -427,6 +445,22 @@ def encode_batch(items: list[tuple[Reading, Source, int]]) -> bytes:
         [r.sensor_id, r.ts, r.metrics, r.attributes, s.topic, s.partition, s.offset, at]
         for r, s, at in items
     ])
+
+
+def encode_batches(items: list[tuple[Reading, Source, int]], max_readings: int = 1000,
+                   max_bytes: int = MAX_RECORD_BYTES) -> Iterator[bytes]:
+    """``items`` as hand-over messages of at most ``max_readings`` and ``max_bytes`` each
+    (a batch too large is halved until it fits)."""
+    for start in range(0, len(items), max_readings):
+        pending = [items[start:start + max_readings]]
+        while pending:
+            chunk = pending.pop()
+            value = encode_batch(chunk)
+            if len(value) <= max_bytes or len(chunk) == 1:
+                yield value
+            else:
+                half = len(chunk) // 2
+                pending.extend([chunk[half:], chunk[:half]])
 
 
 def decode_batch(value: bytes) -> Iterator[tuple[Reading, Source, int]]:

@@ -8,6 +8,7 @@ import sys
 import faust
 
 from app import settings as _settings
+from app.contract import MAX_RECORD_BYTES
 from app.logs import JsonFormatter, logging_config
 from app.transport import faust_broker_url
 
@@ -43,6 +44,7 @@ app = faust.App(
     web_host=settings.web_host,
     web_port=settings.web_port,
     canonical_url=settings.canonical_url,
+    producer_max_request_size=MAX_RECORD_BYTES + 64 * 1024,
     key_serializer="raw",
     value_serializer="raw",
     logging_config=logging_config(),

@@ -11,12 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
+from app.contract import MAX_RECORD_BYTES
 from app.main import app, settings, stop_startup
 from app.settings import PREFIX, SettingError
 
 log = logging.getLogger(__name__)
 
-RETENTION_7D = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "delete"}
+RETENTION_7D = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "delete",
+                "max.message.bytes": str(MAX_RECORD_BYTES + 64 * 1024)}
 BOOTSTRAP = settings.broker.split("://", 1)[1]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from app.contract import Contract, format_ts
 from app.settings import load
@@ -314,3 +315,23 @@ def test_pattern_matching_nothing_stops_startup(app_env, tmp_path):
     assert line["setting"] == "SENSORSTREAM_INPUT_PATTERN"
     assert "matches no existing topic" in line["msg"]
     assert "Traceback" not in result.stderr
+
+
+async def test_a_large_bad_message_is_dead_lettered_whole(make_worker, app_env, bootstrap):
+    """A 1.2 MB binary message grows by a third in base64; its dead letter still fits."""
+    topic = app_env["SENSORSTREAM_INPUT_TOPICS"]
+    worker = make_worker().start()
+    await worker.ready()
+    blob = bytes(range(256)) * 4800  # 1,228,800 bytes, not UTF-8
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2 * 1024 * 1024)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, blob)
+    finally:
+        await producer.stop()
+    counts = await settled(worker, topic, 1)
+    assert counts["dead_lettered"] == 1
+    (record,) = await read_all(bootstrap, app_env["SENSORSTREAM_DLQ_TOPIC"], expected=1)
+    body = orjson.loads(record.value)
+    assert body["original_truncated"] is False
+    assert base64.b64decode(body["original"]) == blob

@@ -20,6 +20,7 @@ from app.contract import (
     dead_letter,
     decode_batch,
     encode_batch,
+    encode_batches,
     format_ts,
     parse_time,
 )
@@ -280,6 +281,28 @@ def test_dead_letter_of_binary_is_base64():
     record = orjson.loads(dead_letter(rejection, raw, Source("in", 0, 1))[0])
     assert record["original_encoding"] == "base64"
     assert base64.b64decode(record["original"]) == raw
+
+
+def test_an_original_too_large_is_cut_and_flagged_never_dropped():
+    raw = b"\xff" * 10_000
+    rejection = CONTRACT.parse(raw, NOW).rejections[0]
+    value, _ = dead_letter(rejection, raw, Source("in", 0, 7), max_bytes=4_000)
+    record = orjson.loads(value)
+    assert len(value) <= 4_000
+    assert record["original_truncated"] is True and record["original_size"] == 10_000
+    assert raw.startswith(base64.b64decode(record["original"]))
+    whole = orjson.loads(dead_letter(rejection, raw, Source("in", 0, 7))[0])
+    assert whole["original_truncated"] is False
+    assert base64.b64decode(whole["original"]) == raw
+
+
+def test_hand_over_batches_respect_count_and_size():
+    items = [(Reading(f"s{i}", TS, {"t": 1.0}, {"blob": "x" * 500}), Source("in", 0, i), NOW)
+             for i in range(50)]
+    values = list(encode_batches(items, max_readings=20, max_bytes=4_000))
+    assert all(len(v) <= 4_000 for v in values)
+    back = [r for v in values for r, _s, _at in decode_batch(v)]
+    assert [r.sensor_id for r in back] == [f"s{i}" for i in range(50)]
 
 
 def test_hand_over_batch_round_trips():
