@@ -3,6 +3,11 @@
 All state of a sensor lives in the partition its readings arrive on, so any number
 of workers can share the work. Every table write happens inside the event that
 carried the batch, so it lands in that partition's changelog.
+
+A batch that meets duplicates writes back every record it touched, changed or not.
+After a crash the local store can hold writes whose changelog records were never
+sent; their readings are delivered again, found as duplicates, and the rewrite
+brings the changelog level with the store (tables.dedup.Evidence does the same).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ async def apply_batch(partition: int, value: bytes) -> None:
 
     for reading, source, _ingested_at in decode_batch(value):
         topic = source.topic
+        counts[topic, "in"] += len(reading.metrics)
         if reading.ts < newest - HORIZON_US:
             counts[topic, "late"] += len(reading.metrics)
             late_records.append((reading.sensor_id, _late_record(reading, source, newest)))
@@ -55,18 +61,20 @@ async def apply_batch(partition: int, value: bytes) -> None:
         for metric, metric_value in reading.metrics.items():
             if evidence.accept(reading.sensor_id, metric, reading.ts):
                 fresh[metric] = metric_value
+        duplicates = len(reading.metrics) - len(fresh)
         counts[topic, "accepted"] += len(fresh)
-        counts[topic, "duplicate"] += len(reading.metrics) - len(fresh)
+        counts[topic, "duplicate"] += duplicates
         counts[topic, "missing"] += sum(1 for v in fresh.values() if v is None)
+        record = latest_records.get(reading.sensor_id)
+        if record is None:
+            raw = sensors.get(reading.sensor_id.encode())
+            record = orjson.loads(raw) if raw is not None else None
         if fresh:
             bucket = bucket_of(reading.ts)
             oldest_written = bucket if oldest_written is None else min(oldest_written, bucket)
-            record = latest_records.get(reading.sensor_id)
-            if record is None:
-                raw = sensors.get(reading.sensor_id.encode())
-                record = orjson.loads(raw) if raw is not None else None
-            latest_records[reading.sensor_id] = latest.merge(
-                record, reading.ts, fresh, reading.attributes)
+            record = latest.merge(record, reading.ts, fresh, reading.attributes)
+        if record is not None:
+            latest_records[reading.sensor_id] = record
 
     evidence.flush()
     scope = (partition, app.consumer_generation_id)
@@ -74,7 +82,8 @@ async def apply_batch(partition: int, value: bytes) -> None:
         _expiry.wrote(scope, oldest_written)
     for sensor_id, record in latest_records.items():
         sensors[sensor_id.encode()] = orjson.dumps(record)
-    if raw_time is None or newest > int(raw_time):
+    met_duplicates = any(n for (_topic, kind), n in counts.items() if kind == "duplicate")
+    if raw_time is None or newest > int(raw_time) or met_duplicates:
         stream_time[part_key] = str(newest).encode()
     _expire(partition, scope, newest)
     for sensor_id, record in late_records:
@@ -86,6 +95,7 @@ async def apply_batch(partition: int, value: bytes) -> None:
 
 
 _COUNTERS = {
+    "in": metrics.READINGS_IN.labels,
     "accepted": metrics.ACCEPTED.labels,
     "duplicate": metrics.DUPLICATES.labels,
     "missing": metrics.MISSING.labels,

@@ -1,7 +1,8 @@
 """Prometheus counters of the readings accounting (README: "Accounting").
 
-Per input topic, whenever the worker is idle:
-``readings_in == accepted + dead_lettered + duplicates + late``.
+Per input topic, in every worker process: ``readings_in == accepted + dead_lettered +
+duplicates + late``. A reading is counted in where it is classified (rejections in the
+ingest stage, the rest in the per-sensor stage), so the identity holds at any moment.
 """
 
 from prometheus_client import Counter, disable_created_metrics

@@ -202,7 +202,7 @@ async def test_ready_health_and_metrics(make_worker):
     assert worker.get("/health") == (200, {"status": "ok"})
     text = worker.get("/metrics")[1]
     assert "faust_messages_received" in text  # Faust's own sensor metrics
-    assert "sensorstream_readings_in_total" in text or "sensorstream_readings_in" in text
+    assert "# TYPE sensorstream_readings_in_total counter" in text
 
 
 async def test_dedup_horizon_bounds_the_state(make_worker, app_env, bootstrap):
