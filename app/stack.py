@@ -87,7 +87,12 @@ def _cmdline(pid: int) -> str:
 
 def kafka_answers(bootstrap: str) -> bool:
     """True when a Kafka-protocol broker answers a metadata request."""
+    import logging
+
     from aiokafka import AIOKafkaClient
+
+    # A refused connection while the broker starts is expected: not an error to log.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
     async def probe() -> bool:
         client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
