@@ -26,9 +26,13 @@ async def _remote(url: str) -> list[dict[str, Any]]:
 @app.page("/sensors")
 async def list_sensors(self: web.View, request: web.Request) -> web.Response:
     """Every known sensor with its last-seen time; asks the other workers for theirs."""
+    scope = request.query.get("scope", "group")
+    if scope not in ("group", "local"):
+        return self.json({"error": f"scope must be 'group' (default) or 'local', not {scope!r}"},
+                         status=400)
     found = _local()
     unreachable = []
-    if request.query.get("scope") != "local":
+    if scope == "group":
         me = str(app.conf.canonical_url).rstrip("/")
         others = [u.rstrip("/") for u in app.router.tables_metadata() if u.rstrip("/") != me]
         results = await asyncio.gather(*(_remote(u) for u in others), return_exceptions=True)

@@ -104,6 +104,8 @@ async def test_every_shape_from_an_independent_client(make_worker, app_env, boot
         "gateway_id": "gw-1", "location": "roof"}
     status, missing = worker.get("/sensors/no-such-sensor")
     assert status == 404 and "no-such-sensor" in missing["error"]
+    status, bad = worker.get("/sensors?scope=everything")
+    assert status == 400 and "scope" in bad["error"]
 
     dead = await read_all(bootstrap, app_env["SENSORSTREAM_DLQ_TOPIC"], expected=3)
     assert sorted(orjson.loads(r.value)["reason"] for r in dead) == [
