@@ -147,12 +147,23 @@ class Stack:
     # -- up ------------------------------------------------------------------------------
 
     def up(self) -> dict[str, str]:
+        """Start what is not running; on failure stop what this call started."""
         with self._locked():
             state = self._load()
-            state["broker"] = self._broker(state.get("broker"))
-            state["postgres"] = self._postgres(state.get("postgres"))
-            state["s3"] = self._s3(state.get("s3"))
-            self._save(state)
+            before = dict(state)
+            starters = {"broker": self._broker, "postgres": self._postgres, "s3": self._s3}
+            try:
+                for name, start in starters.items():
+                    state[name] = start(state.get(name))
+                    self._save(state)
+            except BaseException:
+                for name in reversed(list(starters)):
+                    service = state.get(name)
+                    if service and service.get("started") and service is not before.get(name):
+                        self._stop(name, service)
+                        state.pop(name)
+                self._save(state)
+                raise
             env = self.connection_env(state)
             (self.dir / "env").write_text(
                 "".join(f"export {k}={v}\n" for k, v in env.items()))
@@ -301,15 +312,18 @@ class Stack:
                 service = state.get(name)
                 if not service or not service.get("started"):
                     continue
-                if name == "postgres":
-                    self._stop_postgres(service)
-                elif self._running(service):
-                    _terminate(service["pid"])
-                (self.dir / f"{name}.pid").unlink(missing_ok=True)
+                self._stop(name, service)
                 stopped.append(name)
             self.state_file.unlink(missing_ok=True)
             (self.dir / "env").unlink(missing_ok=True)
         return stopped
+
+    def _stop(self, name: str, service: dict[str, Any]) -> None:
+        if name == "postgres":
+            self._stop_postgres(service)
+        elif self._running(service):
+            _terminate(service["pid"])
+        (self.dir / f"{name}.pid").unlink(missing_ok=True)
 
     @staticmethod
     def _stop_postgres(service: dict[str, Any]) -> None:

@@ -40,3 +40,32 @@ def test_bad_setting_is_one_clear_line(monkeypatch, capsys):
     monkeypatch.setenv("SENSORSTREAM_STACK_PG_PORT", "five")
     assert stack.main(["status"]) == 1
     assert "SENSORSTREAM_STACK_PG_PORT" in capsys.readouterr().err
+
+
+def test_a_failed_start_stops_what_it_started(monkeypatch, tmp_path):
+    """PostgreSQL missing after the broker started: the broker is stopped again."""
+    import os
+    import signal
+
+    from app import settings
+
+    started = []
+
+    def fake_broker(self, previous):
+        pid = os.fork()
+        if pid == 0:  # a stand-in for the broker process
+            signal.pause()
+            os._exit(0)
+        started.append(pid)
+        return {"started": True, "pid": pid, "marker": "", "url": "kafka://127.0.0.1:1"}
+
+    def no_postgres(self, previous):
+        raise stack.StackError("PostgreSQL server binaries (initdb, pg_ctl) were not found")
+
+    monkeypatch.setattr(stack.Stack, "_broker", fake_broker)
+    monkeypatch.setattr(stack.Stack, "_postgres", no_postgres)
+    s = stack.Stack(settings.load({"SENSORSTREAM_STACK_DIR": str(tmp_path)}))
+    with pytest.raises(stack.StackError):
+        s.up()
+    assert started and not stack.pid_alive(started[0])
+    assert s.status() == {}
