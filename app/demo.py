@@ -11,10 +11,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from app import settings as settings_mod
-from app.stack import Stack, StackError, wait_until
+from app.stack import Stack, StackError, spawn, terminate, wait_until
 
 READY_DEADLINE = 90.0
 
@@ -27,20 +26,9 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(argv, env=env, stdout=open(log, "ab"),
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
-def _stop(process: subprocess.Popen | None, timeout: float = 20.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
+def _stop(process: subprocess.Popen | None) -> None:
+    if process is not None and process.poll() is None:
+        terminate(process.pid, deadline=20)
         process.wait()
 
 
@@ -69,8 +57,8 @@ def main() -> int:
         env["SENSORSTREAM_DATA_DIR"] = str(data_dir)
         url = settings.canonical_url
         print(f"starting the worker (log: {stack.dir / 'worker.log'})...", flush=True)
-        worker = _spawn([sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
-                        env, stack.dir / "worker.log")
+        worker = spawn([sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
+                       stack.dir / "worker.log", env)
 
         def worker_ready() -> bool:
             if worker.poll() is not None:
@@ -81,8 +69,8 @@ def main() -> int:
         started = time.monotonic()
         wait_until(worker_ready, f"the worker's {url}/ready", deadline=READY_DEADLINE)
         print(f"worker ready in {time.monotonic() - started:.1f} s", flush=True)
-        simulator = _spawn([sys.executable, "-m", "app.simulator"], env,
-                           stack.dir / "simulator.log")
+        simulator = spawn([sys.executable, "-m", "app.simulator"], stack.dir / "simulator.log",
+                          env)
         print(f"""
 sensorstream is running: 54 simulated Intel Lab motes at 100x real time.
   {url}/sensors        the motes and when each was last seen

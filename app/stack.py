@@ -289,10 +289,7 @@ class Stack:
         return data
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
-        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115  (the child keeps it)
-        process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, **(env or {})})
+        process = spawn(argv, self.dir / f"{name}.log", {**os.environ, **(env or {})})
         (self.dir / f"{name}.pid").write_text(f"{process.pid}\n")
         return process.pid
 
@@ -322,7 +319,7 @@ class Stack:
         if name == "postgres":
             self._stop_postgres(service)
         elif self._running(service):
-            _terminate(service["pid"])
+            terminate(service["pid"])
         (self.dir / f"{name}.pid").unlink(missing_ok=True)
 
     @staticmethod
@@ -340,11 +337,19 @@ class Stack:
                 for name, svc in state.items()}
 
 
-def _terminate(pid: int) -> None:
+def spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A background process in its own session, output appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+
+
+def terminate(pid: int, deadline: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped within ``deadline`` seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     try:
-        wait_until(lambda: not pid_alive(pid), f"process {pid} to stop", deadline=10)
+        wait_until(lambda: not pid_alive(pid), f"process {pid} to stop", deadline=deadline)
     except StackError:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
