@@ -431,7 +431,7 @@ def dead_letter(rejection: Rejection, original: bytes | None, source: Source,
         ("sensorstream-source-topic", source.topic.encode()),
         ("sensorstream-source-partition", str(source.partition).encode()),
         ("sensorstream-source-offset", str(source.offset).encode()),
-        ("sensorstream-original-encoding", encoding.encode()),
+        ("sensorstream-original-encoding", record["original_encoding"].encode()),
     ]
     return value, headers
 

@@ -283,12 +283,24 @@ def test_dead_letter_of_binary_is_base64():
     assert base64.b64decode(record["original"]) == raw
 
 
+def test_a_cut_utf8_original_is_base64_in_record_and_header():
+    raw = b'{"a": "' + b"x" * 10_000 + b'"'
+    rejection = CONTRACT.parse(raw, NOW).rejections[0]
+    value, headers = dead_letter(rejection, raw, Source("in", 0, 7), max_bytes=4_000)
+    record = orjson.loads(value)
+    assert record["original_truncated"] is True
+    assert record["original_encoding"] == "base64"
+    assert dict(headers)["sensorstream-original-encoding"] == b"base64"
+    assert raw.startswith(base64.b64decode(record["original"]))
+
+
 def test_an_original_too_large_is_cut_and_flagged_never_dropped():
     raw = b"\xff" * 10_000
     rejection = CONTRACT.parse(raw, NOW).rejections[0]
-    value, _ = dead_letter(rejection, raw, Source("in", 0, 7), max_bytes=4_000)
+    value, headers = dead_letter(rejection, raw, Source("in", 0, 7), max_bytes=4_000)
     record = orjson.loads(value)
     assert len(value) <= 4_000
+    assert dict(headers)["sensorstream-original-encoding"] == b"base64"
     assert record["original_truncated"] is True and record["original_size"] == 10_000
     assert raw.startswith(base64.b64decode(record["original"]))
     whole = orjson.loads(dead_letter(rejection, raw, Source("in", 0, 7))[0])
