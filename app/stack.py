@@ -91,9 +91,6 @@ def kafka_answers(bootstrap: str) -> bool:
 
     from aiokafka import AIOKafkaClient
 
-    # A refused connection while the broker starts is expected: not an error to log.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-
     async def probe() -> bool:
         client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
         try:
@@ -104,7 +101,14 @@ def kafka_answers(bootstrap: str) -> bool:
         finally:
             await client.close()
 
-    return asyncio.run(probe())
+    # A refused connection while the broker starts is expected: not an error to log.
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(probe())
+    finally:
+        aiokafka_log.setLevel(level)
 
 
 def http_answers(url: str) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -33,8 +32,9 @@ from tests.integration.harness import (
     Worker,
     accounting,
     create_topic,
+    env_without_sensorstream,
     eventually,
-    free_port,
+    isolated_stack_settings,
     produce,
 )
 
@@ -144,13 +144,9 @@ def main() -> int:
     parser.add_argument("--sensors", type=int, default=54)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sensorstream-bench-"))
-    overrides = {"SENSORSTREAM_STACK_DIR": str(workdir / "stack"),
-                 "SENSORSTREAM_STACK_KAFKA_PORT": str(free_port()),
-                 "SENSORSTREAM_STACK_PG_PORT": str(free_port()),
-                 "SENSORSTREAM_STACK_S3_PORT": str(free_port())}
+    overrides = isolated_stack_settings(workdir / "stack")
     stack = Stack(settings_mod.load(overrides))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SENSORSTREAM_")},
-           **overrides, **stack.up()}
+    env = {**env_without_sensorstream(), **overrides, **stack.up()}
     try:
         results = asyncio.run(run(env, args.readings, args.sensors, workdir))
     finally:

@@ -15,20 +15,14 @@ import pytest
 from app import settings as settings_mod
 from app.stack import Stack
 
-from .harness import Worker, env_without_sensorstream, free_port
+from .harness import Worker, env_without_sensorstream, isolated_stack_settings
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory) -> dict[str, str]:
-    stack_dir = tmp_path_factory.mktemp("stack")
-    overrides = {
-        "SENSORSTREAM_STACK_DIR": str(stack_dir),
-        "SENSORSTREAM_STACK_KAFKA_PORT": str(free_port()),
-        "SENSORSTREAM_STACK_PG_PORT": str(free_port()),
-        "SENSORSTREAM_STACK_S3_PORT": str(free_port()),
-    }
+    overrides = isolated_stack_settings(tmp_path_factory.mktemp("stack"))
     stack = Stack(settings_mod.load(overrides))
     env = stack.up()
     yield {**env_without_sensorstream(), **overrides, **env}

@@ -200,6 +200,14 @@ def env_without_sensorstream() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SENSORSTREAM_")}
 
 
+def isolated_stack_settings(stack_dir: Path) -> dict[str, str]:
+    """Settings of a local stack of its own: its directory and free loopback ports."""
+    return {"SENSORSTREAM_STACK_DIR": str(stack_dir),
+            "SENSORSTREAM_STACK_KAFKA_PORT": str(free_port()),
+            "SENSORSTREAM_STACK_PG_PORT": str(free_port()),
+            "SENSORSTREAM_STACK_S3_PORT": str(free_port())}
+
+
 @contextlib.contextmanager
 def running(worker: Worker):
     worker.start()

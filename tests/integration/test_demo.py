@@ -12,7 +12,14 @@ import pytest
 
 from app.stack import pid_alive
 
-from .harness import ROOT, env_without_sensorstream, eventually, free_port, http_get
+from .harness import (
+    ROOT,
+    env_without_sensorstream,
+    eventually,
+    free_port,
+    http_get,
+    isolated_stack_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -20,11 +27,7 @@ pytestmark = pytest.mark.integration
 async def test_demo_runs_and_stops_what_it_started(tmp_path):
     stack_dir = tmp_path / "stack"
     port = free_port()
-    env = {**env_without_sensorstream(),
-           "SENSORSTREAM_STACK_DIR": str(stack_dir),
-           "SENSORSTREAM_STACK_KAFKA_PORT": str(free_port()),
-           "SENSORSTREAM_STACK_PG_PORT": str(free_port()),
-           "SENSORSTREAM_STACK_S3_PORT": str(free_port()),
+    env = {**env_without_sensorstream(), **isolated_stack_settings(stack_dir),
            "SENSORSTREAM_WEB_PORT": str(port)}
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
     demo = subprocess.Popen([sys.executable, "-m", "app.demo"], cwd=ROOT, env=env,
