@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 
 import faust
@@ -49,3 +50,19 @@ app = faust.App(
     value_serializer="raw",
     logging_config=logging_config(),
 )
+
+
+@app.on_worker_init.connect
+def rebuild_tables_from_changelogs(sender: faust.App, **_kwargs: object) -> None:
+    """Start every worker from its tables' changelogs, never from a local store.
+
+    After a crash the local RocksDB files can hold writes that never reached the
+    changelog (they were still in the producer's buffer). The window state is
+    recoverable from any prefix of its changelog (docs/windows.md), not from a store
+    that is ahead of it, so the worker drops the store and Faust recovers the tables.
+    """
+    tabledir = sender.conf.tabledir
+    if tabledir.exists():
+        shutil.rmtree(tabledir)
+        logging.getLogger(__name__).info(
+            "tables are rebuilt from their changelogs", extra={"tabledir": str(tabledir)})

@@ -24,3 +24,6 @@ LATE = Counter(
     "sensorstream_readings_late", "Readings sent to the late topic", ["topic", "reason"])
 MISSING = Counter(
     "sensorstream_readings_missing", "Accepted readings whose value is null", ["topic"])
+WINDOWS_SEALED = Counter(
+    "sensorstream_windows_sealed", "Windows sealed and emitted to the aggregates topic",
+    ["window"])

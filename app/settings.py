@@ -150,6 +150,71 @@ def _limits(text: str) -> dict[str, tuple[float, float]]:
     return limits
 
 
+def duration_label(seconds: int) -> str:
+    """``60`` -> ``"1m"``: the largest unit that divides the duration."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class WindowSize:
+    """One tumbling window size and how long its windows are kept."""
+
+    seconds: int
+    retention: float
+
+    @property
+    def label(self) -> str:
+        return duration_label(self.seconds)
+
+    @property
+    def us(self) -> int:
+        return self.seconds * 1_000_000
+
+
+def _windows(text: str) -> tuple[WindowSize, ...]:
+    sizes: dict[int, WindowSize] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        size_text, sep, keep_text = part.partition(":")
+        if not sep:
+            raise ValueError(f"{part.strip()!r}: expected SIZE:RETENTION such as 1m:2d")
+        size = parse_duration(size_text)
+        if size < 1 or size != int(size):
+            raise ValueError(f"{size_text.strip()!r}: a window size is a whole number of seconds")
+        keep = parse_duration(keep_text)
+        if keep < size:
+            raise ValueError(f"{part.strip()!r}: retention must be at least the window size")
+        if int(size) in sizes:
+            raise ValueError(f"window size {size_text.strip()!r} is listed twice")
+        sizes[int(size)] = WindowSize(int(size), keep)
+    ordered = tuple(sorted(sizes.values(), key=lambda w: w.seconds))
+    if not ordered:
+        raise ValueError("list at least one window size, such as 1m:2d")
+    base = ordered[0].seconds
+    for window in ordered[1:]:
+        if window.seconds % base:
+            raise ValueError(f"{window.label} is not a multiple of the smallest size "
+                             f"{ordered[0].label}: larger windows are built from the smallest")
+    return ordered
+
+
+def _fraction(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not lo < value < hi:
+            raise ValueError(f"must be greater than {lo:g} and less than {hi:g}")
+        return value
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Spec:
     """One setting: its name without the prefix, default, parser and meaning."""
@@ -214,6 +279,19 @@ SPECS: tuple[Spec, ...] = (
          "Readings timed further ahead of the wall clock are dead-lettered."),
     Spec("DEDUP_HORIZON", "24h", _positive_duration,
          "How far behind its partition's newest reading a duplicate is still recognised."),
+    Spec("WINDOWS", "1m:2d,5m:14d,1h:14d,1d:90d", _windows,
+         "Tumbling window sizes and how long each size is kept (`SIZE:RETENTION`, "
+         "comma-separated). Every size is a multiple of the smallest, which is built "
+         "from the readings; the larger ones from sealed windows of the smallest."),
+    Spec("ALLOWED_LATENESS", "10m", parse_duration,
+         "How far a watermark trails the newest reading time of its input partition. "
+         "A window is sealed once the watermark passes its end; later readings for it "
+         "go to the late topic."),
+    Spec("AGGREGATES_TOPIC", "sensor-aggregates", _topic_name,
+         "Topic that receives each sealed window once (JSON, keyed by sensor id)."),
+    Spec("SKETCH_ACCURACY", "0.01", _fraction(0.0, 0.5),
+         "Relative accuracy of the p50/p95/p99 quantile sketch (DDSketch): a quantile "
+         "is within this fraction of the true value."),
     Spec("PHYSICAL_LIMITS", DEFAULT_LIMITS, _limits,
          "JSON `{metric: [low, high]}`; a value outside is dead-lettered. Others: no limit."),
     Spec("ATTRIBUTE_FIELDS", DEFAULT_ATTRIBUTE_FIELDS, _name_list,
@@ -237,7 +315,7 @@ SPECS: tuple[Spec, ...] = (
 SPEC_BY_ENV = {spec.env: spec for spec in SPECS}
 
 #: Names of the worker's tables; their changelogs are topics the service writes.
-TABLE_NAMES = ("dedup", "sensors", "stream-time")
+TABLE_NAMES = ("state", "locations")
 
 
 @dataclass(frozen=True)
@@ -268,7 +346,9 @@ class Settings:
         return frozenset({
             self.dlq_topic,
             self.late_topic,
+            self.aggregates_topic,
             f"{app_id}-readings-by-sensor",
+            f"{app_id}-windows-by-location",
             *(f"{app_id}-{table}-changelog" for table in TABLE_NAMES),
             f"{app_id}-__assignor-__leader",
         })
@@ -298,6 +378,20 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def _cross_check(settings: Settings) -> None:
+    base = settings.windows[0]
+    if settings.dedup_horizon > base.retention:
+        raise SettingError(PREFIX + "DEDUP_HORIZON", str(settings.dedup_horizon),
+                           f"must not exceed the retention of the {base.label} windows "
+                           f"({base.retention:g} s, SENSORSTREAM_WINDOWS): their records "
+                           "hold the evidence that finds duplicates")
+    if 3600 % base.seconds:
+        raise SettingError(PREFIX + "WINDOWS", ",".join(
+            f"{w.label}:{w.retention:g}s" for w in settings.windows),
+            f"the smallest size ({base.label}) must divide an hour: the hourly aggregates "
+            "per location are built from it")
+    if settings.allowed_lateness >= settings.dedup_horizon:
+        raise SettingError(PREFIX + "ALLOWED_LATENESS", str(settings.allowed_lateness),
+                           "must be shorter than SENSORSTREAM_DEDUP_HORIZON")
     if settings.heartbeat_interval >= settings.session_timeout:
         raise SettingError(PREFIX + "HEARTBEAT_INTERVAL", str(settings.heartbeat_interval),
                            "must be shorter than SENSORSTREAM_SESSION_TIMEOUT")

@@ -21,28 +21,17 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import orjson
 
 from app.contract import format_ts, parse_time
+from app.locations import mote_locations
 from app.settings import parse_duration
 
 INTERVAL_S = 31.0
 FAULT_VOLTAGE = 2.3
 LAB_SIZE = (41.0, 32.0)  # metres, the extent of the published mote coordinates
-
-
-def mote_locations() -> dict[int, tuple[float, float]]:
-    """The published (x, y) of the 54 Intel Lab motes, metres from the lab's top-right corner."""
-    text = resources.files("app").joinpath("data/mote_locs.txt").read_text()
-    locations = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 3:
-            locations[int(parts[0])] = (float(parts[1]), float(parts[2]))
-    return locations
 
 
 @dataclass
@@ -70,7 +59,7 @@ class Fleet:
         locations = mote_locations()
         self.motes: list[Mote] = []
         for mote_id in range(1, sensors + 1):
-            x, y = locations.get(mote_id) or (self.rng.uniform(0, LAB_SIZE[0]),
+            x, y = locations.get(str(mote_id)) or (self.rng.uniform(0, LAB_SIZE[0]),
                                               self.rng.uniform(0, LAB_SIZE[1]))
             # One mote in ten drains fast enough to show the battery fault within a day.
             fast = self.rng.random() < 0.1

@@ -69,10 +69,22 @@ dead_letters = app.topic(settings.dlq_topic, value_type=bytes, key_type=bytes, i
 late = app.topic(settings.late_topic, value_type=bytes, key_type=bytes, internal=True,
                  partitions=settings.partitions, config=RETENTION_7D)
 
+#: Each sealed window once, JSON, keyed by sensor id (consumers upsert by window,
+#: sensor_id, metric and window_start).
+aggregates = app.topic(settings.aggregates_topic, value_type=bytes, key_type=bytes,
+                       internal=True, partitions=settings.partitions, config=RETENTION_7D)
+
 #: Validated readings, partitioned by sensor: every sensor's state lives in one partition.
 by_sensor = app.topic(f"{settings.app_id}-readings-by-sensor", value_type=bytes,
                       key_type=bytes, internal=True, partitions=settings.partitions,
                       config=RETENTION_7D)
+
+
+#: Sealed base windows, keyed (and so partitioned) by location, for the hourly
+#: aggregates per location.
+by_location = app.topic(f"{settings.app_id}-windows-by-location", value_type=bytes,
+                        key_type=bytes, internal=True, partitions=settings.partitions,
+                        config=RETENTION_7D)
 
 
 def sensor_partition(sensor_id: str, partitions: int = settings.partitions) -> int:

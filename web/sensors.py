@@ -9,12 +9,15 @@ import orjson
 from faust import web
 
 from app.main import app
+from app.topics import sensor_partition
 from tables import latest
-from tables.sensor_state import sensors
+from tables.sensor_state import local_get, local_prefixed, state
+from tables.windows import LATEST
 
 
 def _local() -> list[dict[str, Any]]:
-    return [latest.summary(k.decode(), orjson.loads(v)) for k, v in sensors.items()]
+    return [latest.summary(key[len(LATEST):], orjson.loads(value))
+            for key, value in local_prefixed(state, LATEST)]
 
 
 async def _remote(url: str) -> list[dict[str, Any]]:
@@ -49,9 +52,9 @@ async def list_sensors(self: web.View, request: web.Request) -> web.Response:
 
 
 @app.page("/sensors/{sensor_id}")
-@app.table_route(table=sensors, match_info="sensor_id")
+@app.table_route(table=state, match_info="sensor_id")
 async def get_sensor(self: web.View, request: web.Request, sensor_id: str) -> web.Response:
-    raw = sensors.get(sensor_id.encode())
+    raw = local_get(state, sensor_partition(sensor_id), LATEST + sensor_id)
     if raw is None:
         return self.json({"error": f"unknown sensor {sensor_id!r}"}, status=404)
     return self.json(latest.detail(sensor_id, orjson.loads(raw)))

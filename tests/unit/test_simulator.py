@@ -3,8 +3,9 @@
 from collections import Counter
 
 from app.contract import Contract
+from app.locations import mote_locations
 from app.settings import load
-from app.simulator import Fleet, Plan, messages, mote_locations
+from app.simulator import Fleet, Plan, messages
 
 START = 1_700_000_000_000_000
 
@@ -12,7 +13,7 @@ START = 1_700_000_000_000_000
 def test_the_54_published_motes():
     locations = mote_locations()
     assert len(locations) == 54
-    assert locations[1] == (21.5, 23.0)
+    assert locations["1"] == (21.5, 23.0)
 
 
 def test_same_seed_same_stream():
