@@ -48,6 +48,7 @@ def app_env(stack_env) -> dict[str, str]:
         "SENSORSTREAM_INPUT_TOPICS": f"in-{name}",
         "SENSORSTREAM_DLQ_TOPIC": f"dlq-{name}",
         "SENSORSTREAM_LATE_TOPIC": f"late-{name}",
+        "SENSORSTREAM_AGGREGATES_TOPIC": f"agg-{name}",
         "SENSORSTREAM_PARTITIONS": "4",
         "SENSORSTREAM_SESSION_TIMEOUT": "6s",
         "SENSORSTREAM_HEARTBEAT_INTERVAL": "1s",

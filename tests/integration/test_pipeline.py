@@ -208,10 +208,12 @@ async def test_ready_health_and_metrics(make_worker):
 
 
 async def test_dedup_horizon_bounds_the_state(make_worker, app_env, bootstrap):
-    """Evidence older than the horizon behind the partition's newest reading is deleted
-    (tombstones in the changelog); a reading that old goes to the late topic, counted."""
+    """Windows (and the evidence in them) older than their retention behind the
+    partition's newest reading are deleted (tombstones in the changelog); a reading
+    older than the dedup horizon goes to the late topic, counted."""
     topic = app_env["SENSORSTREAM_INPUT_TOPICS"]
-    worker = make_worker(SENSORSTREAM_DEDUP_HORIZON="1h", SENSORSTREAM_PARTITIONS="1").start()
+    worker = make_worker(SENSORSTREAM_DEDUP_HORIZON="1h", SENSORSTREAM_PARTITIONS="1",
+                         SENSORSTREAM_WINDOWS="1m:1h,5m:1h,1h:1h,1d:3d").start()
     t0 = int((time.time() - 5 * 3600) * 1e6)
     old = [(None, orjson.dumps({"sensor_id": "a", "ts": t0, "temperature": 20.0, "light": 1}))]
     new = [(None, orjson.dumps({"sensor_id": "b", "ts": t0 + 2 * 3600 * 10**6,
@@ -231,9 +233,12 @@ async def test_dedup_horizon_bounds_the_state(make_worker, app_env, bootstrap):
     assert record["reason"] == "beyond_dedup_horizon" and record["sensor_id"] == "a"
     assert dict(late[0].headers)["sensorstream-reason"] == b"beyond_dedup_horizon"
 
-    changelog = await read_all(bootstrap, f"{app_env['SENSORSTREAM_APP_ID']}-dedup-changelog")
-    tombstones = [r.key.decode() for r in changelog if r.value is None]
-    assert tombstones == [f"{t0 // 60_000_000:010d}|a"]
+    changelog = await read_all(bootstrap, f"{app_env['SENSORSTREAM_APP_ID']}-state-changelog")
+    tombstones = sorted(r.key.decode() for r in changelog
+                        if r.value is None and not r.key.startswith(b"~"))  # not markers
+    t0_s = t0 // 1_000_000
+    assert tombstones == sorted(f"{label}|{t0_s // size * size:010d}|a"
+                                for label, size in (("1m", 60), ("5m", 300), ("1h", 3600)))
 
 
 async def test_any_worker_of_the_group_answers_for_every_sensor(make_worker, app_env,

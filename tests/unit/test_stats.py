@@ -1,5 +1,6 @@
 """Mergeable window statistics: merging equals one pass, quantiles keep their guarantee."""
 
+import itertools
 import math
 import statistics
 
@@ -26,7 +27,7 @@ def test_merging_parts_equals_one_pass(raw, cuts):
     items = list(enumerate(raw))
     bounds = sorted({0, len(items), *(min(c, len(items)) for c in cuts)})
     merged = sketching.new()
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         stats.merge(merged, one_pass(items[lo:hi]))
     whole = one_pass(items)
     for position in (stats.N, stats.MISSING, stats.MIN, stats.MAX, stats.FIRST, stats.LAST,

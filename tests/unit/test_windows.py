@@ -95,8 +95,8 @@ def test_windows_seal_once_the_watermark_passes_and_larger_ones_merge_sealed_min
     t = stats.describe(record["s"]["t"], w.sketching)
     assert (t["count"], t["min"], t["max"], t["mean"]) == (6, 0.0, 5.0, 2.5)
 
-    late = list(run(w, store, [[reading("s", T0 + 10_000_000, 99.0),   # minute 0: sealed
-                                reading("s", T0 + 30_000_000, 1.0)]], out))[0]  # duplicate
+    late = next(iter(run(w, store, [[reading("s", T0 + 10_000_000, 99.0),   # minute 0: sealed
+                                reading("s", T0 + 30_000_000, 1.0)]], out)))  # duplicate
     assert [e.reason for e in late.late] == ["window_sealed"]
     assert late.counts[("in", "duplicate")] == 2 and late.counts[("in", "late:window_sealed")] == 2
 
