@@ -20,6 +20,10 @@ from app.topics import by_sensor, dead_letters, readings, sensor_partition
 log = logging.getLogger(__name__)
 
 contract = Contract.from_settings(settings)
+#: Newest reading time per input partition seen by this process, and what each
+#: partition of the per-sensor stage was told of it (watermarks, tables.windows).
+_newest: dict[str, int] = {}
+_told: defaultdict[int, dict[str, int]] = defaultdict(dict)
 
 
 @app.agent(readings, name="ingest")
@@ -52,6 +56,11 @@ async def forward(events) -> None:
                 "reason": str(rejection.reason)})
         for reading in parsed.readings:
             routed[sensor_partition(reading.sensor_id)].append((reading, source, now))
-    for partition, items in routed.items():
-        for value in encode_batches(items):
+            if reading.ts > _newest.get(source.input_partition, -1):
+                _newest[source.input_partition] = reading.ts
+    for partition in range(settings.partitions):
+        told = _told[partition]
+        news = {src: ts for src, ts in _newest.items() if ts > told.get(src, -1)}
+        for value in encode_batches(routed.get(partition, []), watermarks=news):
             await by_sensor.send(partition=partition, value=value)
+        told.update(news)

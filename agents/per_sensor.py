@@ -48,8 +48,10 @@ async def per_sensor(stream):
 async def apply_batch(partition: int, value: bytes) -> None:
     store = TableStore(state, partition)
     batch = windows.batch(store, partition)
-    for reading, source, _ingested_at in decode_batch(value):
+    rows, watermarks = decode_batch(value)
+    for reading, source, _ingested_at in rows:
         batch.add(reading, source)
+    batch.announce(watermarks)
     sealed = batch.seal()
     if sealed:
         await _emit(batch)

@@ -388,6 +388,11 @@ class Source:
     offset: int
     timestamp_ms: int | None = None
 
+    @property
+    def input_partition(self) -> str:
+        """``topic:partition``: what a watermark belongs to."""
+        return f"{self.topic}:{self.partition}"
+
 
 def dead_letter(rejection: Rejection, original: bytes | None, source: Source,
                 at_us: int | None = None,
@@ -439,30 +444,41 @@ def dead_letter(rejection: Rejection, original: bytes | None, source: Source,
 # -- the internal hand-over between the validating and the per-sensor stage ----------------
 
 
-def encode_batch(items: list[tuple[Reading, Source, int]]) -> bytes:
-    """Readings with lineage and ingest time, compactly, for the per-sensor stage."""
-    return orjson.dumps([
+def encode_batch(items: list[tuple[Reading, Source, int]],
+                 watermarks: dict[str, int] | None = None) -> bytes:
+    """Readings with lineage and ingest time, compactly, for the per-sensor stage, and
+    the newest reading time of each input partition (``topic:partition``) so far."""
+    return orjson.dumps({"rows": [
         [r.sensor_id, r.ts, r.metrics, r.attributes, s.topic, s.partition, s.offset, at]
         for r, s, at in items
-    ])
+    ], "wm": watermarks or {}})
 
 
 def encode_batches(items: list[tuple[Reading, Source, int]], max_readings: int = 1000,
-                   max_bytes: int = MAX_RECORD_BYTES) -> Iterator[bytes]:
+                   max_bytes: int = MAX_RECORD_BYTES,
+                   watermarks: dict[str, int] | None = None) -> Iterator[bytes]:
     """``items`` as hand-over messages of at most ``max_readings`` and ``max_bytes`` each
-    (a batch too large is halved until it fits)."""
+    (a batch too large is halved until it fits); the last carries ``watermarks``, which
+    take effect after every reading before them."""
+    chunks = []
     for start in range(0, len(items), max_readings):
         pending = [items[start:start + max_readings]]
         while pending:
             chunk = pending.pop()
-            value = encode_batch(chunk)
-            if len(value) <= max_bytes or len(chunk) == 1:
-                yield value
+            if len(chunk) == 1 or len(encode_batch(chunk)) <= max_bytes:
+                chunks.append(chunk)
             else:
                 half = len(chunk) // 2
                 pending.extend([chunk[half:], chunk[:half]])
+    if not chunks and watermarks:
+        chunks.append([])
+    for i, chunk in enumerate(chunks):
+        yield encode_batch(chunk, watermarks if i == len(chunks) - 1 else None)
 
 
-def decode_batch(value: bytes) -> Iterator[tuple[Reading, Source, int]]:
-    for sensor_id, ts, metrics, attributes, topic, partition, offset, at in orjson.loads(value):
-        yield Reading(sensor_id, ts, metrics, attributes), Source(topic, partition, offset), at
+def decode_batch(value: bytes) -> tuple[list[tuple[Reading, Source, int]], dict[str, int]]:
+    """The readings of a hand-over message and the watermarks it announces."""
+    doc = orjson.loads(value)
+    return [(Reading(sensor_id, ts, metrics, attributes), Source(topic, partition, offset), at)
+            for sensor_id, ts, metrics, attributes, topic, partition, offset, at in doc["rows"]
+            ], doc["wm"]

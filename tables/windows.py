@@ -60,10 +60,6 @@ def open_key(size: WindowSize, start_s: int, key: str) -> str:
     return f"{OPEN}{start_s + size.seconds:010d}|{size.seconds:08d}|{key}"
 
 
-def source_name(source: Source) -> str:
-    return f"{source.topic}:{source.partition}"
-
-
 def _mask(record: dict[str, Any]) -> int:
     return int(record.get("m", "0"), 16)
 
@@ -164,7 +160,7 @@ class Batch:
                        f"{w.horizon_us / 1e6:g} s behind the partition's newest reading "
                        f"({format_ts(newest)}), so it cannot be checked for duplicates")
             return
-        src = source_name(source)
+        src = source.input_partition
         start_s = w.start_of(w.base, reading.ts)
         key = window_key(w.base, start_s, reading.sensor_id)
         record = self._record(key)
@@ -239,6 +235,16 @@ class Batch:
               reason: str, message: str) -> None:
         self._count(source.topic, f"late:{reason}", len(values))
         self.late.append(Late(reading, source, values, reason, message))
+
+    def announce(self, watermarks: dict[str, int]) -> None:
+        """Newest reading times of input partitions, as the ingest stage saw them: a
+        partition of this stage learns that a source moved on even when none of the
+        source's readings came here."""
+        seen = self.part["wm"]
+        for src, ts in watermarks.items():
+            if ts > seen.get(src, -1):
+                seen[src] = ts
+                self._part_changed = True
 
     # -- step 2: sealing -----------------------------------------------------------
 

@@ -311,16 +311,21 @@ def test_an_original_too_large_is_cut_and_flagged_never_dropped():
 def test_hand_over_batches_respect_count_and_size():
     items = [(Reading(f"s{i}", TS, {"t": 1.0}, {"blob": "x" * 500}), Source("in", 0, i), NOW)
              for i in range(50)]
-    values = list(encode_batches(items, max_readings=20, max_bytes=4_000))
+    values = list(encode_batches(items, max_readings=20, max_bytes=4_000,
+                                 watermarks={"in:0": TS}))
     assert all(len(v) <= 4_000 for v in values)
-    back = [r for v in values for r, _s, _at in decode_batch(v)]
+    back = [r for v in values for r, _s, _at in decode_batch(v)[0]]
     assert [r.sensor_id for r in back] == [f"s{i}" for i in range(50)]
+    assert [decode_batch(v)[1] for v in values] == [{}] * (len(values) - 1) + [{"in:0": TS}]
+    assert [decode_batch(v) for v in encode_batches([], watermarks={"in:1": 5})] == [
+        ([], {"in:1": 5})]
+    assert list(encode_batches([])) == []
 
 
 def test_hand_over_batch_round_trips():
     items = [(Reading("s", TS, {"t": 1.5, "h": None}, {"a": [1]}), Source("in", 1, 2), NOW)]
-    back = list(decode_batch(encode_batch(items)))
-    assert back == [(items[0][0], Source("in", 1, 2), NOW)]
+    back = decode_batch(encode_batch(items))
+    assert back == ([(items[0][0], Source("in", 1, 2), NOW)], {})
 
 
 # -- properties -------------------------------------------------------------------------------
