@@ -294,10 +294,10 @@ class Batch:
         return iter(sorted(set(stored) | set(pending)))
 
     def _close(self, marker: str) -> None:
-        if marker in self._opened:
-            del self._opened[marker]
-        else:
-            self._closed[marker] = None
+        # A window opened by this batch keeps its marker write too: its unsealed
+        # record is written before the seal, and a crash between the two must
+        # leave a marker that finds it.
+        self._closed[marker] = None
 
     def _dirty(self, key: str) -> None:
         self._seal_dirty[key] = None

@@ -3,6 +3,7 @@ same over the raw readings: after a clean pass, after SIGKILLs, across a group."
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -136,7 +137,8 @@ async def sealed_aggregates(bootstrap: str, topic: str, expected: int) -> dict:
                 latest[(body["window"], body["window_start"], body["sensor_id"],
                         body["metric"])] = body
         return len(latest) >= expected
-    await eventually(complete, f"{expected} sealed windows emitted", 240, interval=2)
+    with contextlib.suppress(AssertionError):  # the comparison names what is missing
+        await eventually(complete, f"{expected} sealed windows emitted", 180, interval=2)
     return latest
 
 
