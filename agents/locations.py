@@ -14,8 +14,7 @@ from app.main import app
 from app.topics import by_location
 from tables import locations as location_windows
 from tables.sensor_state import locations
-
-PART = "~part|"
+from tables.windows import PART
 
 
 @app.agent(by_location, name="per-location")
