@@ -19,11 +19,12 @@ from app import metrics
 from app.contract import decode_batch, format_ts
 from app.locations import location_of
 from app.main import app, settings
+from app.reread import read_range
 from app.topics import aggregates, by_location, by_sensor, late
 from tables import locations as location_windows
 from tables.sensor_state import TableStore, local_keys, state
 from tables.stats import Sketching
-from tables.windows import Batch, Expiry, Late, Windows, emitted, expired, open_key
+from tables.windows import PART, Batch, Expiry, Late, Windows, emitted, expired, open_key
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ windows = Windows(
     location_of=location_of,
 )
 _expiry = Expiry()
+_BOOTSTRAP = settings.broker.split("://", 1)[1]
 
 
 @app.agent(by_sensor, name="per-sensor")
@@ -42,12 +44,40 @@ async def per_sensor(stream):
     for topic in (late, aggregates, by_location):
         await topic.maybe_declare()
     async for event in stream.events():
-        await apply_batch(event.message.partition, event.value)
+        partition, offset = event.message.partition, event.message.offset
+        expected = _next_offset(partition)
+        if expected is not None and offset > expected:
+            await _apply_skipped(partition, expected, offset)
+        await apply_batch(partition, event.value, offset)
 
 
-async def apply_batch(partition: int, value: bytes) -> None:
+def _next_offset(partition: int) -> int | None:
+    raw = TableStore(state, partition).get(f"{PART}{partition}")
+    return orjson.loads(raw).get("next") if raw is not None else None
+
+
+async def _apply_skipped(partition: int, start: int, end: int) -> None:
+    """Apply the hand-overs the consumer skipped, read back from the topic. Faust's
+    consumer can drop fetched messages around recovery and rebalances and then commit
+    past them; without this their readings would be lost (app/reread.py)."""
+    log.warning("the consumer skipped %d hand-overs: reading them back", end - start,
+                extra={"partition": partition, "from_offset": start, "to_offset": end})
+    applied = 0
+    async for offset, value in read_range(_BOOTSTRAP, by_sensor.get_topic_name(), partition,
+                                          start, end):
+        await apply_batch(partition, value, offset)
+        applied += 1
+    metrics.HANDOVERS_REFETCHED.labels(str(partition)).inc(applied)
+    if applied < end - start:
+        metrics.HANDOVERS_UNRECOVERABLE.labels(str(partition)).inc(end - start - applied)
+        log.error("%d skipped hand-overs are no longer in the topic", end - start - applied,
+                  extra={"partition": partition, "from_offset": start, "to_offset": end})
+
+
+async def apply_batch(partition: int, value: bytes, offset: int) -> None:
     store = TableStore(state, partition)
     batch = windows.batch(store, partition)
+    batch.delivered(offset)
     rows, watermarks = decode_batch(value)
     for reading, source, _ingested_at in rows:
         batch.add(reading, source)

@@ -72,9 +72,11 @@ def main() -> int:
         simulator = spawn([sys.executable, "-m", "app.simulator"], stack.dir / "simulator.log",
                           env)
         print(f"""
-sensorstream is running: 54 simulated Intel Lab motes at 100x real time.
+sensorstream is running: 54 simulated Intel Lab motes, the last day at 100x, then live.
   {url}/sensors        the motes and when each was last seen
   {url}/sensors/1      the latest values of mote 1
+  {url}/sensors/1/aggregates?window=1m&metric=temperature
+                       mote 1's 1-minute windows, live ("open": true) and sealed
   {url}/ready          readiness
   {url}/metrics        Prometheus metrics (readings in, accepted, dead-lettered, ...)
 Logs: {stack.dir}/worker.log, {stack.dir}/simulator.log. Press Ctrl-C to stop.

@@ -8,6 +8,7 @@ import sys
 
 import faust
 
+from app import complete_flush
 from app import settings as _settings
 from app.contract import MAX_RECORD_BYTES
 from app.logs import JsonFormatter, logging_config
@@ -23,6 +24,8 @@ def stop_startup(exc: _settings.SettingError) -> None:
     log.critical("cannot start: %s", exc, extra={"setting": exc.name})
     raise SystemExit(2) from None
 
+
+complete_flush.install()
 
 try:
     settings = _settings.load()
@@ -64,5 +67,16 @@ def rebuild_tables_from_changelogs(sender: faust.App, **_kwargs: object) -> None
     tabledir = sender.conf.tabledir
     if tabledir.exists():
         shutil.rmtree(tabledir)
-        logging.getLogger(__name__).info(
-            "tables are rebuilt from their changelogs", extra={"tabledir": str(tabledir)})
+        _dropped.append(str(tabledir))
+
+
+_dropped: list[str] = []
+
+
+@app.task
+async def report_rebuild() -> None:
+    """Logged once the worker runs: logging is not set up yet at ``on_worker_init``."""
+    for tabledir in _dropped:
+        logging.getLogger(__name__).info("local tables dropped: rebuilt from their changelogs",
+                                         extra={"tabledir": tabledir})
+

@@ -27,3 +27,10 @@ MISSING = Counter(
 WINDOWS_SEALED = Counter(
     "sensorstream_windows_sealed", "Windows sealed and emitted to the aggregates topic",
     ["window"])
+HANDOVERS_REFETCHED = Counter(
+    "sensorstream_handovers_refetched",
+    "Hand-overs the consumer skipped (after a crash or rebalance), read back and applied",
+    ["partition"])
+HANDOVERS_UNRECOVERABLE = Counter(
+    "sensorstream_handovers_unrecoverable",
+    "Skipped hand-overs no longer in the by-sensor topic (past its retention)", ["partition"])

@@ -129,6 +129,7 @@ class Batch:
         raw = self.store.get(self.part_key)
         self.part: dict[str, Any] = orjson.loads(raw) if raw else {"newest": 0, "wm": {}}
         self._part_changed = False
+        self._next: int | None = None
         self._base_snapshot: dict[str, bytes] = {}
 
     @property
@@ -182,10 +183,12 @@ class Batch:
         if known:
             self._count(topic, "duplicate", len(known))
         if late:
+            because = (f"the watermark of {src} passed its end" if passed else
+                       f"the watermarks of the input partitions that fed it "
+                       f"({', '.join(record['src'])}) passed its end")
             self._late(reading, source, late, "window_sealed",
                        f"the {w.base.label} window from {format_ts(start_s * 1_000_000)} "
-                       f"was sealed: the watermark of {src} passed its end "
-                       f"(allowed lateness {w.lateness_us / 1e6:g} s)")
+                       f"was sealed: {because} (allowed lateness {w.lateness_us / 1e6:g} s)")
         if fresh:
             if record is None:
                 record = self._records[key] = {"e": {}, "s": {}, "src": [], "loc": None,
@@ -235,6 +238,19 @@ class Batch:
               reason: str, message: str) -> None:
         self._count(source.topic, f"late:{reason}", len(values))
         self.late.append(Late(reading, source, values, reason, message))
+
+    @property
+    def next_offset(self) -> int | None:
+        """The offset of the hand-over after the newest one applied to this partition."""
+        return self.part.get("next")
+
+    def delivered(self, offset: int) -> None:
+        """Record that this batch applies the hand-over at ``offset``. Written after
+        everything else of the batch, so a stored ``next`` means every hand-over before
+        it is fully applied: a consumer that skips hand-overs is caught
+        (agents.per_sensor)."""
+        if offset + 1 > self.part.get("next", -1):
+            self._next = offset + 1
 
     def announce(self, watermarks: dict[str, int]) -> None:
         """Newest reading times of input partitions, as the ingest stage saw them: a
@@ -393,7 +409,7 @@ class Batch:
     def write(self) -> None:
         """Write in the order that keeps every prefix recoverable (docs/windows.md):
         open markers, readings' changes, latest values, watermarks, intervals, larger
-        windows, sealed base windows, closed markers."""
+        windows, sealed base windows, closed markers, the next hand-over offset."""
         store = self.store
         for marker in self._opened:
             store.put(marker, b"1")
@@ -416,6 +432,9 @@ class Batch:
             store.put(key, orjson.dumps(self._records[key]))
         for marker in self._closed:
             store.delete(marker)
+        if self._next is not None:
+            self.part["next"] = self._next
+            store.put(self.part_key, orjson.dumps(self.part))
 
 
 def typical_interval(gaps: list[int]) -> int | None:

@@ -171,7 +171,8 @@ async def produce(bootstrap: str, topic: str,
 
 async def read_all(bootstrap: str, topic: str, expected: int | None = None,
                    deadline: float = 60.0) -> list[Any]:
-    """Every record of ``topic`` from the start, reading until ``expected`` are in."""
+    """Every record of ``topic`` from the start: until ``expected`` are in or, without
+    ``expected``, up to each partition's end offset as it was when reading began."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -182,18 +183,43 @@ async def read_all(bootstrap: str, topic: str, expected: int | None = None,
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps) if expected is None else {}
+        pending = {tp for tp in tps if ends.get(tp, 1) > 0}
         end = time.monotonic() + deadline
-        while time.monotonic() < end:
+        while pending and time.monotonic() < end:
             batch = await consumer.getmany(timeout_ms=500)
             for tp_records in batch.values():
                 records.extend(tp_records)
+            if expected is None:
+                pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
             if expected is not None and len(records) >= expected:
                 break
-            if expected is None and not batch:
-                break
+        if expected is None and pending:
+            raise AssertionError(f"{topic}: not read to its end within {deadline:.0f} s "
+                                 f"({len(records)} records)")
     finally:
         await consumer.stop()
     return records
+
+
+async def caught_up(bootstrap: str, group: str, topics: Iterable[str]) -> bool:
+    """Whether ``group`` has committed every partition of ``topics`` to its end: nothing
+    it has not finished with can be delivered to it again."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for topic in topics
+               for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return False
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            if ends[tp] > (await consumer.committed(tp) or 0):
+                return False
+        return True
+    finally:
+        await consumer.stop()
 
 
 def env_without_sensorstream() -> dict[str, str]:

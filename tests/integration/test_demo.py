@@ -24,6 +24,27 @@ from .harness import (
 pytestmark = pytest.mark.integration
 
 
+async def watch_minute_windows_change(url: str) -> None:
+    """What a user watching a mote's 1-minute windows sees while the simulator runs: the
+    newest window is open, and it fills or a newer one opens."""
+    def newest():
+        status, body = http_get(url)
+        assert status == 200, body
+        windows = body["windows"]
+        if not windows:
+            return None
+        window = windows[-1]
+        return window["start"], window["open"], window["metrics"]["temperature"]["count"]
+    first = await eventually(newest, "a 1-minute window of mote 1", deadline=60)
+    assert first[1], f"the newest window is open while readings arrive: {first}"
+
+    def changed():
+        now = newest()
+        return now if now != first and (now[0] > first[0] or now[2] > first[2]) else None
+    later = await eventually(changed, f"mote 1's windows change after {first}", deadline=90)
+    assert later[1], later
+
+
 async def test_demo_runs_and_stops_what_it_started(tmp_path):
     stack_dir = tmp_path / "stack"
     port = free_port()
@@ -51,6 +72,8 @@ async def test_demo_runs_and_stops_what_it_started(tmp_path):
         status, mote = http_get(f"{url}/sensors/1")
         assert status == 200
         assert set(mote["metrics"]) >= {"temperature", "light", "voltage"}
+        await watch_minute_windows_change(f"{url}/sensors/1/aggregates?window=1m"
+                                          "&metric=temperature")
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(60)

@@ -191,9 +191,6 @@ async def test_sealed_windows_equal_duckdb_over_the_raw_readings(make_worker, ap
     await run_and_compare(make_worker, app_env, bootstrap, kills=0)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, issue 3 left open: after a SIGKILL some readings are classified late "
-    "(window_sealed) that a clean pass applies, so their windows differ"))
 async def test_windows_stay_exact_through_three_sigkills(make_worker, app_env, bootstrap):
     await run_and_compare(make_worker, app_env, bootstrap, kills=3)
 

@@ -112,6 +112,38 @@ def test_a_lagging_input_partition_holds_its_windows_open():
     assert {a["sensor_id"] for a in out} == {"a", "b"}
 
 
+def test_a_reading_from_another_partition_for_a_sealed_window_says_which_sealed_it():
+    w = engine(lateness_min=1)
+    store = DictStore()
+    list(run(w, store, [[reading("a", T0, 1.0, src=0), reading("a", T0 + 5 * MIN, 3.0, src=0)]],
+             []))
+    (batch,) = run(w, store, [[reading("a", T0 + 1, 2.0, src=1)]], [])
+    (late,) = batch.late
+    assert late.reason == "window_sealed"
+    assert "input partitions that fed it (in:0)" in late.message, late.message
+
+
+def test_the_next_hand_over_offset_is_written_last():
+    """Stored ``next`` means the whole batch is in the changelog: a cut anywhere before
+    it leaves the previous value, so the stage never skips a half-written hand-over."""
+    w = engine()
+    store = DictStore()
+    batch = w.batch(store, 0)
+    batch.delivered(41)
+    for row in [reading("a", T0, 1.0), reading("a", T0 + 20 * MIN, 2.0)]:
+        batch.add(*row)
+    batch.seal()
+    batch.write()
+    key, value = store.log[-1]
+    assert key == "~part|0" and orjson.loads(value)["next"] == 42
+    assert all("next" not in orjson.loads(v) for k, v in store.log[:-1] if k == "~part|0")
+    assert w.batch(store, 0).next_offset == 42
+    again = w.batch(store, 0)
+    again.delivered(7)  # a re-delivery does not move it back
+    again.write()
+    assert w.batch(store, 0).next_offset == 42
+
+
 def test_expired_lists_old_windows_of_one_size():
     size = SIZES[0]
     keys = [window_key(size, s, "x") for s in (60, 120, 180)] + ["1m|zzz"]

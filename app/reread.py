@@ -1,0 +1,40 @@
+"""Read a range of one partition straight from the broker, outside the consumer group.
+
+The per-sensor stage uses it to apply hand-overs that Faust's consumer skipped: its
+bookkeeping can commit past messages it dropped around recovery and rebalances, which
+the stage notices because it stores the next offset it expects (tables.windows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+async def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int,
+                     deadline: float = 60.0) -> AsyncIterator[tuple[int, bytes]]:
+    """``(offset, value)`` of the records from ``start`` up to ``end`` (exclusive), in
+    order. Offsets that no longer exist (retention) are skipped; the caller sees them
+    missing. Raises TimeoutError when the range is not read within ``deadline``."""
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        stop = time.monotonic() + deadline
+        while await consumer.position(tp) < end:
+            if time.monotonic() > stop:
+                raise TimeoutError(f"{topic}[{partition}] {start}..{end} not read in "
+                                   f"{deadline:g} s")
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for record in batch.get(tp, []):
+                if record.offset >= end:
+                    return
+                if record.offset >= start:
+                    yield record.offset, record.value
+    finally:
+        await consumer.stop()
