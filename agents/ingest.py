@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
+
+from faust.types import EventT
 
 from app import metrics
 from app.contract import Contract, Reading, Source, dead_letter, encode_batches, now_us
 from app.main import app, settings
+from app.reread import committed_offsets, read_range
 from app.topics import by_sensor, dead_letters, readings, sensor_partition
 
 log = logging.getLogger(__name__)
 
 contract = Contract.from_settings(settings)
+_BOOTSTRAP = settings.broker.split("://", 1)[1]
 #: Newest reading time per input partition seen by this process, and what each
 #: partition of the per-sensor stage was told of it (watermarks, tables.windows).
 _newest: dict[str, int] = {}
@@ -30,29 +35,80 @@ _told: defaultdict[int, dict[str, int]] = defaultdict(dict)
 async def ingest(stream):
     await dead_letters.maybe_declare()
     async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
-        await forward(events)
+        await forward(await _with_skipped([_message(event) for event in events]))
 
 
-async def forward(events) -> None:
+@dataclass(frozen=True)
+class Message:
+    source: Source
+    key: bytes | None
+    value: bytes | None
+
+
+def _message(event: EventT) -> Message:
+    m = event.message
+    return Message(Source(m.topic, m.partition, m.offset,
+                          int(m.timestamp * 1000) if m.timestamp else None), m.key, event.value)
+
+
+#: The next input offset this process expects per input partition. Faust's consumer can
+#: drop fetched messages around recovery and rebalances and then commit past them
+#: (docs/windows.md, invariant 6); a message past the expected offset shows it did.
+_expected: dict[tuple[str, int], int] = {}
+
+
+@app.on_partitions_assigned.connect
+async def _positions_reset(_app: object, *_args: object, **_kwargs: object) -> None:
+    """After a rebalance the consumer starts again from the committed offsets."""
+    _expected.clear()
+
+
+async def _with_skipped(messages: list[Message]) -> list[Message]:
+    """``messages`` with any input the consumer skipped read back in front of them."""
+    firsts: dict[tuple[str, int], int] = {}
+    for message in messages:
+        firsts.setdefault((message.source.topic, message.source.partition),
+                          message.source.offset)
+    unknown = [tp for tp in firsts if tp not in _expected]
+    if unknown:
+        committed = await committed_offsets(_BOOTSTRAP, settings.app_id, unknown)
+        for tp in unknown:
+            _expected[tp] = committed.get(tp, firsts[tp])
+    skipped: list[Message] = []
+    for (topic, partition), first in firsts.items():
+        start = _expected[topic, partition]
+        if first > start:
+            log.warning("the consumer skipped %d input messages: reading them back",
+                        first - start, extra={"topic": topic, "partition": partition,
+                                              "from_offset": start, "to_offset": first})
+            async for offset, key, value, ts in read_range(_BOOTSTRAP, topic, partition,
+                                                           start, first):
+                skipped.append(Message(Source(topic, partition, offset, ts), key, value))
+            metrics.INPUT_REFETCHED.labels(topic).inc(first - start)
+    for message in messages:
+        tp = (message.source.topic, message.source.partition)
+        _expected[tp] = max(_expected.get(tp, 0), message.source.offset + 1)
+    return skipped + messages if skipped else messages
+
+
+async def forward(messages: list[Message]) -> None:
     now = now_us()
     routed: defaultdict[int, list[tuple[Reading, Source, int]]] = defaultdict(list)
-    for event in events:
-        message = event.message
-        topic = message.topic
-        source = Source(topic, message.partition, message.offset,
-                        int(message.timestamp * 1000) if message.timestamp else None)
-        parsed = contract.parse(event.value, now)
+    for message in messages:
+        source = message.source
+        topic = source.topic
+        parsed = contract.parse(message.value, now)
         metrics.MESSAGES_IN.labels(topic).inc()
         # Readings are counted in where they are classified: rejections here, the rest
         # in the per-sensor stage, which may run in another worker or, after a crash,
         # see a hand-over again. So the accounting holds in every process at any time.
         metrics.READINGS_IN.labels(topic).inc(len(parsed.rejections))
         for rejection in parsed.rejections:
-            value, headers = dead_letter(rejection, event.value, source, now)
+            value, headers = dead_letter(rejection, message.value, source, now)
             await dead_letters.send(key=message.key, value=value, headers=headers)
             metrics.DEAD_LETTERED.labels(topic, rejection.reason).inc()
             log.debug("dead-lettered: %s", rejection.message, extra={
-                "topic": topic, "partition": message.partition, "offset": message.offset,
+                "topic": topic, "partition": source.partition, "offset": source.offset,
                 "reason": str(rejection.reason)})
         for reading in parsed.readings:
             routed[sensor_partition(reading.sensor_id)].append((reading, source, now))

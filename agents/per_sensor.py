@@ -63,8 +63,8 @@ async def _apply_skipped(partition: int, start: int, end: int) -> None:
     log.warning("the consumer skipped %d hand-overs: reading them back", end - start,
                 extra={"partition": partition, "from_offset": start, "to_offset": end})
     applied = 0
-    async for offset, value in read_range(_BOOTSTRAP, by_sensor.get_topic_name(), partition,
-                                          start, end):
+    async for offset, _key, value, _ts in read_range(_BOOTSTRAP, by_sensor.get_topic_name(),
+                                                     partition, start, end):
         await apply_batch(partition, value, offset)
         applied += 1
     metrics.HANDOVERS_REFETCHED.labels(str(partition)).inc(applied)

@@ -34,3 +34,7 @@ HANDOVERS_REFETCHED = Counter(
 HANDOVERS_UNRECOVERABLE = Counter(
     "sensorstream_handovers_unrecoverable",
     "Skipped hand-overs no longer in the by-sensor topic (past its retention)", ["partition"])
+INPUT_REFETCHED = Counter(
+    "sensorstream_input_refetched",
+    "Input messages the consumer skipped (after a crash or rebalance), read back and processed",
+    ["topic"])

@@ -1,8 +1,9 @@
 """Read a range of one partition straight from the broker, outside the consumer group.
 
-The per-sensor stage uses it to apply hand-overs that Faust's consumer skipped: its
-bookkeeping can commit past messages it dropped around recovery and rebalances, which
-the stage notices because it stores the next offset it expects (tables.windows).
+Both stages use it to process messages that Faust's consumer skipped: its bookkeeping
+can commit past messages it dropped around recovery and rebalances. The per-sensor
+stage notices because it stores the next offset it expects (tables.windows); the
+ingest stage compares with the group's committed offsets and its own position.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
 async def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int,
-                     deadline: float = 60.0) -> AsyncIterator[tuple[int, bytes]]:
-    """``(offset, value)`` of the records from ``start`` up to ``end`` (exclusive), in
-    order. Offsets that no longer exist (retention) are skipped; the caller sees them
-    missing. Raises TimeoutError when the range is not read within ``deadline``."""
+                     deadline: float = 60.0,
+                     ) -> AsyncIterator[tuple[int, bytes | None, bytes | None, int | None]]:
+    """``(offset, key, value, timestamp_ms)`` of the records from ``start`` up to ``end``
+    (exclusive), in order. Offsets that no longer exist (retention) are skipped; the
+    caller sees them missing. Raises TimeoutError when the range is not read within ``deadline``."""
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
@@ -35,6 +37,24 @@ async def read_range(bootstrap: str, topic: str, partition: int, start: int, end
                 if record.offset >= end:
                     return
                 if record.offset >= start:
-                    yield record.offset, record.value
+                    yield record.offset, record.key, record.value, record.timestamp
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, tps: list[tuple[str, int]],
+                            ) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` has committed for ``tps`` (without joining the group);
+    partitions it never committed are left out."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        found = {}
+        for topic, partition in tps:
+            offset = await consumer.committed(TopicPartition(topic, partition))
+            if offset is not None and offset >= 0:
+                found[topic, partition] = offset
+        return found
     finally:
         await consumer.stop()

@@ -3,6 +3,7 @@ same over the raw readings: after a clean pass, after SIGKILLs, across a group."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import random
@@ -49,6 +50,16 @@ def dataset(readings: int, seed: int) -> tuple[list[tuple[bytes, bytes]], set]:
             timed.append((ts + rng.uniform(0, 120e6), i, key, value))
     timed.sort()
     return [(key, value) for _t, _i, key, value in timed], late
+
+
+async def produce_paced(bootstrap: str, topic: str, msgs: list, seconds: float,
+                        slices: int = 40) -> None:
+    """``msgs`` in order, spread over about ``seconds`` (a rate, not a wait)."""
+    step = math.ceil(len(msgs) / slices)
+    for i in range(0, len(msgs), step):
+        await produce(bootstrap, topic, msgs[i:i + step])
+        if seconds:
+            await asyncio.sleep(seconds / slices)
 
 
 def sentinels(partitions: int) -> list[tuple[bytes, bytes]]:
@@ -153,16 +164,19 @@ async def run_and_compare(make_worker, app_env, bootstrap, kills: int) -> None:
     worker = make_worker(**WINDOW_ENV).start()
     data_dir = worker.env["SENSORSTREAM_DATA_DIR"]
     await worker.ready()
-    await produce(bootstrap, topic, msgs)
+    producing = asyncio.create_task(produce_paced(bootstrap, topic, msgs,
+                                                  seconds=40.0 if kills else 0.0))
     for n in range(kills):
-        # Kill once this process has accepted a fifth of the readings: mid-stream, with
-        # changelog records, seals and emissions in flight.
+        # Kill once this process has accepted an eighth of the readings, while the data
+        # set is still arriving: input, hand-overs, changelog records, seals and
+        # emissions in flight.
         def progressed(w=worker):
-            return accounting(w.metrics(), topic)["accepted"] >= len(rows) // 5
+            return accounting(w.metrics(), topic)["accepted"] >= len(rows) // 8
         await eventually(progressed, f"progress before kill {n + 1}", 180, interval=0.05)
         worker.kill()
         worker = make_worker(data_dir, **WINDOW_ENV).start()
         await worker.ready(120)
+    await producing
     await produce(bootstrap, topic, sentinels(int(env["SENSORSTREAM_PARTITIONS"])))
     emitted = await sealed_aggregates(bootstrap, env["SENSORSTREAM_AGGREGATES_TOPIC"],
                                       len(reference))
