@@ -19,12 +19,11 @@ from app import metrics
 from app.contract import Contract, Reading, Source, dead_letter, encode_batches, now_us
 from app.main import app, settings
 from app.reread import committed_offsets, read_range
-from app.topics import by_sensor, dead_letters, readings, sensor_partition
+from app.topics import BOOTSTRAP, by_sensor, dead_letters, readings, sensor_partition
 
 log = logging.getLogger(__name__)
 
 contract = Contract.from_settings(settings)
-_BOOTSTRAP = settings.broker.split("://", 1)[1]
 #: Newest reading time per input partition seen by this process, and what each
 #: partition of the per-sensor stage was told of it (watermarks, tables.windows).
 _newest: dict[str, int] = {}
@@ -71,7 +70,7 @@ async def _with_skipped(messages: list[Message]) -> list[Message]:
                           message.source.offset)
     unknown = [tp for tp in firsts if tp not in _expected]
     if unknown:
-        committed = await committed_offsets(_BOOTSTRAP, settings.app_id, unknown)
+        committed = await committed_offsets(BOOTSTRAP, settings.app_id, unknown)
         for tp in unknown:
             _expected[tp] = committed.get(tp, firsts[tp])
     skipped: list[Message] = []
@@ -81,7 +80,7 @@ async def _with_skipped(messages: list[Message]) -> list[Message]:
             log.warning("the consumer skipped %d input messages: reading them back",
                         first - start, extra={"topic": topic, "partition": partition,
                                               "from_offset": start, "to_offset": first})
-            async for offset, key, value, ts in read_range(_BOOTSTRAP, topic, partition,
+            async for offset, key, value, ts in read_range(BOOTSTRAP, topic, partition,
                                                            start, first):
                 skipped.append(Message(Source(topic, partition, offset, ts), key, value))
             metrics.INPUT_REFETCHED.labels(topic).inc(first - start)

@@ -20,7 +20,7 @@ from app.contract import decode_batch, format_ts
 from app.locations import location_of
 from app.main import app, settings
 from app.reread import read_range
-from app.topics import aggregates, by_location, by_sensor, late
+from app.topics import BOOTSTRAP, aggregates, by_location, by_sensor, late
 from tables import locations as location_windows
 from tables.sensor_state import TableStore, local_keys, state
 from tables.stats import Sketching
@@ -36,7 +36,6 @@ windows = Windows(
     location_of=location_of,
 )
 _expiry = Expiry()
-_BOOTSTRAP = settings.broker.split("://", 1)[1]
 
 
 @app.agent(by_sensor, name="per-sensor")
@@ -63,7 +62,7 @@ async def _apply_skipped(partition: int, start: int, end: int) -> None:
     log.warning("the consumer skipped %d hand-overs: reading them back", end - start,
                 extra={"partition": partition, "from_offset": start, "to_offset": end})
     applied = 0
-    async for offset, _key, value, _ts in read_range(_BOOTSTRAP, by_sensor.get_topic_name(),
+    async for offset, _key, value, _ts in read_range(BOOTSTRAP, by_sensor.get_topic_name(),
                                                      partition, start, end):
         await apply_batch(partition, value, offset)
         applied += 1

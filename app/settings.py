@@ -340,6 +340,11 @@ class Settings:
         return self.values["CANONICAL_URL"] or f"http://{self.web_host}:{self.web_port}"
 
     @property
+    def bootstrap(self) -> str:
+        """``host:port`` of the broker, as Kafka clients take it."""
+        return self.broker.split("://", 1)[1]
+
+    @property
     def internal_topics(self) -> frozenset[str]:
         """Topics the service writes; an input pattern must never match them."""
         app_id = self.app_id

@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         start = int((time.time() - span_s) * 1e6)
     plan = Plan(args.sensors, args.speed, args.count, args.envelope, args.duplicates,
                 args.malformed, args.seed, start, args.shape)
-    bootstrap = settings.broker.split("://", 1)[1]
+    bootstrap = settings.bootstrap
     topic = args.topic or settings.input_topics[0]
     print(f"simulating {args.sensors} sensors from {format_ts(start)} into {topic!r} at "
           f"{bootstrap}, speed {args.speed:g}x", file=sys.stderr, flush=True)

@@ -198,7 +198,7 @@ class Stack:
     def _broker(self, previous: dict[str, Any] | None) -> dict[str, Any]:
         s = self.settings
         if s.is_set("BROKER"):
-            bootstrap = s.broker.split("://", 1)[1]
+            bootstrap = s.bootstrap
             wait_until(lambda: kafka_answers(bootstrap), f"the broker at {s.broker} "
                        "(SENSORSTREAM_BROKER)", deadline=15)
             return {"started": False, "url": s.broker}

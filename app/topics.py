@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 RETENTION_7D = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "delete",
                 "max.message.bytes": str(MAX_RECORD_BYTES + 64 * 1024)}
-BOOTSTRAP = settings.broker.split("://", 1)[1]
+BOOTSTRAP = settings.bootstrap
 
 
 def _own(topic: str) -> bool:
