@@ -34,7 +34,9 @@ _told: defaultdict[int, dict[str, int]] = defaultdict(dict)
 async def ingest(stream):
     await dead_letters.maybe_declare()
     async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
-        await forward(await _with_skipped([_message(event) for event in events]))
+        messages = await _with_skipped([_message(event) for event in events])
+        await forward(messages)
+        _advance(messages)  # only once forwarded: a batch that raised is read back
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,13 @@ async def _with_skipped(messages: list[Message]) -> list[Message]:
                                                            start, first):
                 skipped.append(Message(Source(topic, partition, offset, ts), key, value))
             metrics.INPUT_REFETCHED.labels(topic).inc(first - start)
+    return skipped + messages if skipped else messages
+
+
+def _advance(messages: list[Message]) -> None:
     for message in messages:
         tp = (message.source.topic, message.source.partition)
         _expected[tp] = max(_expected.get(tp, 0), message.source.offset + 1)
-    return skipped + messages if skipped else messages
 
 
 async def forward(messages: list[Message]) -> None:
