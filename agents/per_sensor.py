@@ -20,8 +20,11 @@ from app.contract import decode_batch, format_ts
 from app.locations import location_of
 from app.main import app, settings
 from app.reread import read_range
-from app.topics import BOOTSTRAP, aggregates, by_location, by_sensor, late
+from app.topics import BOOTSTRAP, aggregates, anomalies, by_location, by_sensor, late
+from tables import fault_rules
 from tables import locations as location_windows
+from tables.anomalies import Judgement
+from tables.baseline import Rules
 from tables.sensor_state import TableStore, local_keys, state
 from tables.stats import Sketching
 from tables.windows import PART, Batch, Expiry, Late, Windows, emitted, expired, open_key
@@ -36,11 +39,13 @@ windows = Windows(
     location_of=location_of,
 )
 _expiry = Expiry()
+RULES = Rules.from_settings(settings)
+FAULTS = fault_rules.parse(settings.fault_rules)
 
 
 @app.agent(by_sensor, name="per-sensor")
 async def per_sensor(stream):
-    for topic in (late, aggregates, by_location):
+    for topic in (late, aggregates, anomalies, by_location):
         await topic.maybe_declare()
     async for event in stream.events():
         partition, offset = event.message.partition, event.message.offset
@@ -78,13 +83,19 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
     batch = windows.batch(store, partition)
     batch.delivered(offset)
     rows, watermarks = decode_batch(value)
+    judgement = Judgement(store, RULES, FAULTS)
     for reading, source, _ingested_at in rows:
         batch.add(reading, source)
+        judgement.observe(reading, batch.latest_values(reading.sensor_id))
     batch.announce(watermarks)
     sealed = batch.seal()
-    if sealed:
+    if sealed or judgement.events:
         await _emit(batch)
-        await app.producer.flush()  # the output is durable before the seal is stored
+        for anomaly in judgement.events:
+            await anomalies.send(key=anomaly["sensor_id"].encode(), value=orjson.dumps(anomaly))
+            metrics.ANOMALIES.labels(anomaly["detector"], anomaly["severity"]).inc()
+        await app.producer.flush()  # the output is durable before the state is stored
+    judgement.write()
     batch.write()
     for entry in batch.late:
         await late.send(key=entry.reading.sensor_id.encode(), value=_late_record(entry),

@@ -38,3 +38,6 @@ INPUT_REFETCHED = Counter(
     "sensorstream_input_refetched",
     "Input messages the consumer skipped (after a crash or rebalance), read back and processed",
     ["topic"])
+ANOMALIES = Counter(
+    "sensorstream_anomalies", "Anomaly events emitted (cooldown repeats not included)",
+    ["detector", "severity"])

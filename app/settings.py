@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from tables import fault_rules
+
 PREFIX = "SENSORSTREAM_"
 
 
@@ -150,6 +152,37 @@ def _limits(text: str) -> dict[str, tuple[float, float]]:
     return limits
 
 
+def _rates(text: str) -> dict[str, float]:
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise ValueError('expected JSON such as {"temperature": 0.1}') from None
+    if not isinstance(raw, dict):
+        raise ValueError('expected a JSON object such as {"temperature": 0.1}')
+    rates: dict[str, float] = {}
+    for metric, rate in raw.items():
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not (
+                math.isfinite(rate) and rate > 0):
+            raise ValueError(f"the rate of {metric!r} must be a positive number per second")
+        rates[str(metric).strip().lower()] = float(rate)
+    return rates
+
+
+def _z_thresholds(text: str) -> tuple[float, float, float]:
+    try:
+        low, medium, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError("expected three numbers LOW,MEDIUM,HIGH such as 3,4,6") from None
+    if not 0 < low < medium < high or not math.isfinite(high):
+        raise ValueError("expected 0 < LOW < MEDIUM < HIGH")
+    return low, medium, high
+
+
+def _fault_rules(text: str) -> str:
+    fault_rules.parse(text)  # ValueError names what is wrong
+    return text.strip()
+
+
 def duration_label(seconds: int) -> str:
     """``60`` -> ``"1m"``: the largest unit that divides the duration."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -232,6 +265,8 @@ class Spec:
 DEFAULT_LIMITS = (
     '{"temperature": [-60, 150], "humidity": [0, 100], "light": [0, 200000], "voltage": [0, 10]}'
 )
+DEFAULT_OPERATING_RANGES = '{"temperature": [0, 50], "humidity": [0, 100]}'
+DEFAULT_SPIKE_LIMITS = '{"temperature": 0.1, "humidity": 0.5}'
 DEFAULT_ATTRIBUTE_FIELDS = (
     "location,lat,lon,latitude,longitude,altitude,unit,schema_version,event_id,seq,epoch,gateway_id"
 )
@@ -252,7 +287,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("DLQ_TOPIC", "sensor-readings-dlq", _topic_name,
          "Dead-letter topic: rejected readings with reason and original bytes."),
     Spec("LATE_TOPIC", "sensor-readings-late", _topic_name,
-         "Readings too old to be checked for duplicates (older than the horizon)."),
+         "Late readings with their reason: their window was sealed (`window_sealed`) "
+         "or they are older than the dedup horizon (`beyond_dedup_horizon`)."),
     Spec("PARTITIONS", "8", _int_in(1, 1024),
          "Partitions of the topics the service creates (input topics it creates too)."),
     Spec("REPLICATION_FACTOR", "1", _int_in(1, 16),
@@ -292,6 +328,32 @@ SPECS: tuple[Spec, ...] = (
     Spec("SKETCH_ACCURACY", "0.01", _fraction(0.0, 0.5),
          "Relative accuracy of the p50/p95/p99 quantile sketch (DDSketch): a quantile "
          "is within this fraction of the true value."),
+    Spec("ANOMALIES_TOPIC", "sensor-anomalies", _topic_name,
+         "Topic that receives anomaly events (JSON, keyed by sensor id)."),
+    Spec("BASELINE_HALF_LIFE", "1d", _positive_duration,
+         "How fast a baseline forgets: a reading this much older weighs half as much."),
+    Spec("ANOMALY_WARMUP", "30", _int_in(2, 1_000_000),
+         "Readings a baseline learns before its z-score judges anything."),
+    Spec("ANOMALY_Z", "3,4,6", _z_thresholds,
+         "|z| above which a reading is anomalous with low, medium and high severity."),
+    Spec("ANOMALY_COOLDOWN", "5m", parse_duration,
+         "Per (sensor, metric, detector): repeats within this time are counted, not "
+         "emitted; the count travels with the next event or a summary at its end."),
+    Spec("OPERATING_RANGES", DEFAULT_OPERATING_RANGES, _limits,
+         "JSON `{metric: [low, high]}`: a value outside is an anomaly (`range`); unlike "
+         "`PHYSICAL_LIMITS` the reading is kept."),
+    Spec("SPIKE_LIMITS", DEFAULT_SPIKE_LIMITS, _rates,
+         "JSON `{metric: change per second}`: a faster change between two readings is "
+         "an anomaly (`spike`)."),
+    Spec("STUCK_READINGS", "20", _int_in(2, 1_000_000),
+         "The same value this many times in a row is an anomaly (`stuck`) ..."),
+    Spec("STUCK_FOR", "2h", _positive_duration,
+         "... and so is the same value for this long."),
+    Spec("STUCK_EXEMPT", "light", _name_list,
+         "Metrics that may rest at one value (light is 0 all night)."),
+    Spec("FAULT_RULES", fault_rules.DEFAULT, _fault_rules,
+         "Cross-metric faults on a sensor's latest values: `name: condition; ...`, "
+         "comparisons joined by `&`, `|` and parentheses."),
     Spec("PHYSICAL_LIMITS", DEFAULT_LIMITS, _limits,
          "JSON `{metric: [low, high]}`; a value outside is dead-lettered. Others: no limit."),
     Spec("ATTRIBUTE_FIELDS", DEFAULT_ATTRIBUTE_FIELDS, _name_list,
@@ -352,6 +414,7 @@ class Settings:
             self.dlq_topic,
             self.late_topic,
             self.aggregates_topic,
+            self.anomalies_topic,
             f"{app_id}-readings-by-sensor",
             f"{app_id}-windows-by-location",
             *(f"{app_id}-{table}-changelog" for table in TABLE_NAMES),

@@ -74,6 +74,10 @@ late = app.topic(settings.late_topic, value_type=bytes, key_type=bytes, internal
 aggregates = app.topic(settings.aggregates_topic, value_type=bytes, key_type=bytes,
                        internal=True, partitions=settings.partitions, config=RETENTION_7D)
 
+#: Anomaly events, JSON, keyed by sensor id (upsert by sensor, metric, time, detector).
+anomalies = app.topic(settings.anomalies_topic, value_type=bytes, key_type=bytes,
+                      internal=True, partitions=settings.partitions, config=RETENTION_7D)
+
 #: Validated readings, partitioned by sensor: every sensor's state lives in one partition.
 by_sensor = app.topic(f"{settings.app_id}-readings-by-sensor", value_type=bytes,
                       key_type=bytes, internal=True, partitions=settings.partitions,

@@ -50,6 +50,16 @@ class Rules:
     spikes: dict[str, float] = field(default_factory=dict)  #: max change per second
     stuck_exempt: frozenset[str] = frozenset()  #: metrics that may rest at one value
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> Rules:
+        low, medium, high = settings.anomaly_z
+        return cls(half_life_us=int(settings.baseline_half_life * 1e6),
+                   warmup=settings.anomaly_warmup, z_low=low, z_medium=medium, z_high=high,
+                   stuck_count=settings.stuck_readings, stuck_us=int(settings.stuck_for * 1e6),
+                   cooldown_us=int(settings.anomaly_cooldown * 1e6),
+                   ranges=dict(settings.operating_ranges), spikes=dict(settings.spike_limits),
+                   stuck_exempt=frozenset(settings.stuck_exempt))
+
 
 @dataclass
 class Finding:
@@ -92,7 +102,7 @@ def observe(record: dict[str, Any], metric: str, ts: int, value: float,
         return []
     findings = _judge(record, metric, ts, value, rules)
     _learn(record, ts, value, rules)
-    return _cool(record, ts, findings, rules)
+    return cool(record, ts, findings, rules)
 
 
 def _judge(record: dict[str, Any], metric: str, ts: int, value: float,
@@ -167,8 +177,8 @@ def _learn(record: dict[str, Any], ts: int, value: float, rules: Rules) -> None:
         record["run"] = [value, ts, 1, False]
 
 
-def _cool(record: dict[str, Any], ts: int, findings: list[Finding],
-          rules: Rules) -> list[Finding]:
+def cool(record: dict[str, Any], ts: int, findings: list[Finding],
+         rules: Rules) -> list[Finding]:
     """Repeats of a detector inside its cooldown are counted, not emitted. The count
     goes with the next emitted finding, or with a summary at the cooldown's end."""
     cool = record["cool"]

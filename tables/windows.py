@@ -226,6 +226,14 @@ class Batch:
         if location is not None:
             record["loc"] = location
 
+    def latest_values(self, sensor_id: str) -> dict[str, float | None]:
+        """The sensor's latest value of each metric, this batch's readings included."""
+        record = self._latest.get(sensor_id)
+        if record is None:
+            raw = self.store.get(LATEST + sensor_id)
+            record = orjson.loads(raw) if raw is not None else {"metrics": {}}
+        return {metric: value for metric, (_ts, value) in record["metrics"].items()}
+
     def _merge_latest(self, reading: Reading, values: dict[str, float | None]) -> None:
         record = self._latest.get(reading.sensor_id)
         if record is None:

@@ -49,6 +49,7 @@ def app_env(stack_env) -> dict[str, str]:
         "SENSORSTREAM_DLQ_TOPIC": f"dlq-{name}",
         "SENSORSTREAM_LATE_TOPIC": f"late-{name}",
         "SENSORSTREAM_AGGREGATES_TOPIC": f"agg-{name}",
+        "SENSORSTREAM_ANOMALIES_TOPIC": f"anom-{name}",
         "SENSORSTREAM_PARTITIONS": "4",
         "SENSORSTREAM_SESSION_TIMEOUT": "6s",
         "SENSORSTREAM_HEARTBEAT_INTERVAL": "1s",
