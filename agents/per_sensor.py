@@ -16,14 +16,14 @@ from typing import Any
 import orjson
 
 from app import metrics
-from app.contract import decode_batch, format_ts
+from app.contract import decode_batch, format_ts, parse_time
 from app.locations import location_of
 from app.main import app, settings
 from app.reread import read_range
 from app.topics import BOOTSTRAP, aggregates, anomalies, by_location, by_sensor, late
 from tables import fault_rules
 from tables import locations as location_windows
-from tables.anomalies import Judgement
+from tables.anomalies import RECENT, Judgement, recent_start
 from tables.baseline import Rules
 from tables.sensor_state import TableStore, local_keys, state
 from tables.stats import Sketching
@@ -102,6 +102,8 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
                         headers=[("sensorstream-reason", entry.reason.encode())])
     for size, start in batch.created:
         _expiry.wrote((partition, app.consumer_generation_id, size.label), start)
+    for anomaly in judgement.events:
+        _expiry.wrote((partition, app.consumer_generation_id, RECENT), parse_time(anomaly["ts"]))
     _expire(store, partition, batch.part["newest"])
     _count(batch)
 
@@ -154,9 +156,9 @@ def _late_record(entry: Late) -> bytes:
 
 
 def _expire(store: TableStore, partition: int, newest: int) -> None:
-    """Drop windows past their size's retention. Scans only when something can expire
-    (scope: partition and rebalance generation, so a partition that moved is scanned
-    afresh)."""
+    """Drop windows past their size's retention, and anomaly events past theirs. Scans
+    only when something can expire (scope: partition and rebalance generation, so a
+    partition that moved is scanned afresh)."""
     for size in windows.sizes:
         scope = (partition, app.consumer_generation_id, size.label)
         cutoff = int((newest / 1e6 - size.retention) // size.seconds * size.seconds)
@@ -174,3 +176,17 @@ def _expire(store: TableStore, partition: int, newest: int) -> None:
         if keys:
             log.info("expired %d %s windows", len(keys), size.label, extra={
                 "partition": partition, "before": format_ts(cutoff * 1_000_000)})
+    scope = (partition, app.consumer_generation_id, RECENT)
+    cutoff_us = newest - int(settings.anomaly_retention * 1_000_000)
+    if _expiry.due(scope, cutoff_us):
+        old, oldest_kept = [], None
+        for key in local_keys(state, partition, RECENT):
+            if not key.startswith(RECENT):
+                break
+            if recent_start(key) >= cutoff_us:
+                oldest_kept = recent_start(key)
+                break
+            old.append(key)
+        _expiry.scanned(scope, oldest_kept)
+        for key in old:
+            store.delete(key)

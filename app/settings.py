@@ -339,6 +339,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("ANOMALY_COOLDOWN", "5m", parse_duration,
          "Per (sensor, metric, detector): repeats within this time are counted, not "
          "emitted; the count travels with the next event or a summary at its end."),
+    Spec("ANOMALY_RETENTION", "7d", _positive_duration,
+         "How long `GET /anomalies` keeps events, behind the partition's newest reading."),
     Spec("OPERATING_RANGES", DEFAULT_OPERATING_RANGES, _limits,
          "JSON `{metric: [low, high]}`: a value outside is an anomaly (`range`); unlike "
          "`PHYSICAL_LIMITS` the reading is kept."),

@@ -4,7 +4,9 @@ table, and the anomaly events they raise. No Faust here.
 Keys (next to the window keys of tables.windows, in the same table):
 
 - ``~base|{sensor}|{metric}``: the baseline record (tables.baseline);
-- ``~fault|{sensor}|{rule}``: ``{"through": ts, "cool": {...}}`` of a fault rule.
+- ``~fault|{sensor}|{rule}``: ``{"through": ts, "cool": {...}}`` of a fault rule;
+- ``~anom|{ts}|{sensor}|{metric}|{detector}``: the recent anomaly events, in time
+  order, kept for ``SENSORSTREAM_ANOMALY_RETENTION`` (``GET /anomalies``).
 
 Replay-safe the way a baseline is: a reading not newer than a record's ``through``
 changes nothing and raises nothing. The events are sent, and the producer flushed,
@@ -19,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from app.contract import Reading, format_ts
+from app.contract import Reading, format_ts, parse_time
 from tables import baseline
 from tables.baseline import Finding, Rules
 from tables.fault_rules import FaultRule
@@ -27,6 +29,7 @@ from tables.windows import Store
 
 BASE = "~base|"
 FAULT = "~fault|"
+RECENT = "~anom|"  #: ``~anom|{ts:020d}|{sensor}|{metric or -}|{detector}``: recent events
 
 
 class Judgement:
@@ -72,8 +75,20 @@ class Judgement:
                 self.events.append(event(reading.sensor_id, None, reading.ts, None, finding))
 
     def write(self) -> None:
+        for anomaly in self.events:
+            self.store.put(recent_key(anomaly), orjson.dumps(anomaly))
         for key in self._dirty:
             self.store.put(key, orjson.dumps(self._records[key]))
+
+
+def recent_key(anomaly: dict[str, Any]) -> str:
+    return (f"{RECENT}{parse_time(anomaly['ts']):020d}|{anomaly['sensor_id']}|"
+            f"{anomaly['metric'] or '-'}|{anomaly['detector']}")
+
+
+def recent_start(key: str) -> int:
+    """The reading time of a recent-anomaly key."""
+    return int(key[len(RECENT):len(RECENT) + 20])
 
 
 def event(sensor_id: str, metric: str | None, ts: int, value: float | None,

@@ -27,7 +27,7 @@ class BadRequest(ValueError):
     """A query parameter the view cannot use; the message says why."""
 
 
-def _time(request: web.Request, name: str) -> int | None:
+def query_time(request: web.Request, name: str) -> int | None:
     text = request.query.get(name)
     if text is None or not text.strip():
         return None
@@ -40,8 +40,8 @@ def _time(request: web.Request, name: str) -> int | None:
 
 def _range(request: web.Request, size_s: int, default_until: int) -> tuple[int, int]:
     """Window starts (seconds) from ``since`` to ``until``, both included."""
-    until = _time(request, "until")
-    since = _time(request, "since")
+    until = query_time(request, "until")
+    since = query_time(request, "since")
     until_s = (default_until if until is None else until) // 1_000_000 // size_s * size_s
     if since is None:
         since_s = until_s - (DEFAULT_WINDOWS - 1) * size_s
@@ -73,7 +73,7 @@ def _window(request: web.Request, allowed: dict[str, Any], default: str) -> str:
     return label
 
 
-def _bad(view: web.View, exc: BadRequest) -> web.Response:
+def bad_request(view: web.View, exc: BadRequest) -> web.Response:
     return view.json({"error": str(exc)}, status=400)
 
 
@@ -93,7 +93,7 @@ async def sensor_aggregates(self: web.View, request: web.Request,
         metric = _metric(request, set(record["metrics"]), f"sensor {sensor_id!r}")
         since_s, until_s = _range(request, size.seconds, record["last_seen"])
     except BadRequest as exc:
-        return _bad(self, exc)
+        return bad_request(self, exc)
     part = local_get(state, partition, f"{PART}{partition}")
     newest = orjson.loads(part)["newest"] if part else None
     tracker = local_get(state, partition, INTERVAL + sensor_id)
@@ -129,7 +129,7 @@ async def location_aggregates(self: web.View, request: web.Request,
         _window(request, {location_windows.LABEL: hour}, location_windows.LABEL)
         since_s, until_s = _range(request, hour, index["last"] * 1_000_000)
     except BadRequest as exc:
-        return _bad(self, exc)
+        return bad_request(self, exc)
     part = local_get(locations, partition, f"{PART}{partition}")
     newest_end = orjson.loads(part)["newest_end"] if part else 0
     records = []
@@ -141,7 +141,7 @@ async def location_aggregates(self: web.View, request: web.Request,
     try:
         metric = _metric(request, known, f"location {location!r}") if known else None
     except BadRequest as exc:
-        return _bad(self, exc)
+        return bad_request(self, exc)
     found = [location_windows.describe(start, record, sketching,
                                        start + hour + LATENESS_S > newest_end, metric)
              for start, record in records]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -13,17 +12,12 @@ from app.topics import sensor_partition
 from tables import latest
 from tables.sensor_state import local_get, local_prefixed, state
 from tables.windows import LATEST
+from web.group import gather
 
 
 def _local() -> list[dict[str, Any]]:
     return [latest.summary(key[len(LATEST):], orjson.loads(value))
             for key, value in local_prefixed(state, LATEST)]
-
-
-async def _remote(url: str) -> list[dict[str, Any]]:
-    async with app.http_client.get(f"{url}/sensors?scope=local", timeout=5) as response:
-        response.raise_for_status()
-        return (await response.json())["sensors"]
 
 
 @app.page("/sensors")
@@ -33,17 +27,9 @@ async def list_sensors(self: web.View, request: web.Request) -> web.Response:
     if scope not in ("group", "local"):
         return self.json({"error": f"scope must be 'group' (default) or 'local', not {scope!r}"},
                          status=400)
-    found = _local()
-    unreachable = []
+    found, unreachable = _local(), []
     if scope == "group":
-        me = str(app.conf.canonical_url).rstrip("/")
-        others = [u.rstrip("/") for u in app.router.tables_metadata() if u.rstrip("/") != me]
-        results = await asyncio.gather(*(_remote(u) for u in others), return_exceptions=True)
-        for url, result in zip(others, results, strict=True):
-            if isinstance(result, BaseException):
-                unreachable.append(url)
-            else:
-                found.extend(result)
+        found, unreachable = await gather(found, "/sensors", "sensors")
     found.sort(key=lambda s: s["sensor_id"])
     body: dict[str, Any] = {"count": len(found), "sensors": found}
     if unreachable:

@@ -49,6 +49,24 @@ async def test_a_battery_fault_is_reported_once_and_a_replay_reports_nothing(
     assert battery["severity"] == "high" and battery["reason"].startswith("battery: voltage 2.1")
     assert all(r.key == b"9" for r in await read_all(bootstrap, anomalies_topic, deadline=10))
 
+    # served over HTTP: newest first, filtered, bad parameters refused
+    status, body = worker.get("/anomalies?sensor_id=9")
+    assert status == 200 and body["count"] == len(events)
+    assert sorted(map(orjson.dumps, body["anomalies"])) == sorted(map(orjson.dumps, events))
+    status, body = worker.get("/anomalies?severity=high&metric=temperature")
+    assert status == 200 and {a["severity"] for a in body["anomalies"]} == {"high"}
+    assert all(a["metric"] == "temperature" for a in body["anomalies"])
+    assert worker.get("/anomalies?since=2999-01-01T00:00:00Z")[1]["count"] == 0
+    for bad in ("severity=urgent", "limit=0", "limit=x", "since=yesterday", "scope=all"):
+        status, body = worker.get(f"/anomalies?{bad}")
+        assert status == 400 and body["error"], bad
+    status, body = worker.get("/sensors/9/baselines")
+    assert status == 200
+    temperature = next(b for b in body["baselines"] if b["metric"] == "temperature")
+    assert temperature["readings"] == 61 and temperature["warmed_up"]
+    assert temperature["expected"][0] < 20.2 < temperature["expected"][1]
+    assert worker.get("/sensors/nope/baselines")[0] == 404
+
     accepted = accounting(worker.metrics(), topic)["accepted"]  # the fault came last
     await produce(bootstrap, topic, msgs)  # the same readings again
 
