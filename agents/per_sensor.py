@@ -10,7 +10,9 @@ a crash a seal is repeated (and emitted again), never stored without its output.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -27,7 +29,7 @@ from tables.anomalies import RECENT, Judgement, recent_start
 from tables.baseline import Rules
 from tables.sensor_state import TableStore, local_keys, state
 from tables.stats import Sketching
-from tables.windows import PART, Batch, Expiry, Late, Windows, emitted, expired, open_key
+from tables.windows import LATEST, PART, Batch, Expiry, Late, Windows, emitted, expired, open_key
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ windows = Windows(
     location_of=location_of,
 )
 _expiry = Expiry()
+#: How often (wall time) a partition's sensors are checked for silence, and when last.
+SILENCE_SCAN_S = 10.0
+_silence_scanned: dict[int, float] = {}
 RULES = Rules.from_settings(settings)
 FAULTS = fault_rules.parse(settings.fault_rules)
 
@@ -89,6 +94,10 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
         judgement.observe(reading, batch.latest_values(reading.sensor_id))
     batch.announce(watermarks)
     sealed = batch.seal()
+    if time.monotonic() - _silence_scanned.get(partition, 0.0) >= SILENCE_SCAN_S:
+        _silence_scanned[partition] = time.monotonic()
+        judgement.check_silence(_sensors(batch, partition), batch.part["newest"],
+                                settings.silent_after)
     if sealed or judgement.events:
         await _emit(batch)
         for anomaly in judgement.events:
@@ -106,6 +115,17 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
         _expiry.wrote((partition, app.consumer_generation_id, RECENT), parse_time(anomaly["ts"]))
     _expire(store, partition, batch.part["newest"])
     _count(batch)
+
+
+def _sensors(batch: Batch, partition: int) -> Iterator[tuple[str, int, int | None]]:
+    """``(sensor, last seen, typical interval)`` of every sensor of the partition."""
+    for key in local_keys(state, partition, LATEST):
+        if not key.startswith(LATEST):
+            return
+        sensor_id = key[len(LATEST):]
+        last_seen = batch.last_seen(sensor_id)
+        if last_seen is not None:
+            yield sensor_id, last_seen, batch.typical_interval(sensor_id)
 
 
 async def _emit(batch: Batch) -> None:

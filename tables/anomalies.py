@@ -5,6 +5,7 @@ Keys (next to the window keys of tables.windows, in the same table):
 
 - ``~base|{sensor}|{metric}``: the baseline record (tables.baseline);
 - ``~fault|{sensor}|{rule}``: ``{"through": ts, "cool": {...}}`` of a fault rule;
+- ``~silent|{sensor}``: a sensor reported silent, until it reports again;
 - ``~anom|{ts}|{sensor}|{metric}|{detector}``: the recent anomaly events, in time
   order, kept for ``SENSORSTREAM_ANOMALY_RETENTION`` (``GET /anomalies``).
 
@@ -16,7 +17,7 @@ before the records are written (agents.per_sensor), so a crash can repeat an eve
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from tables.windows import Store
 
 BASE = "~base|"
 FAULT = "~fault|"
+SILENT = "~silent|"  #: ``~silent|{sensor}``: ``{"last_seen": ts, "at": ts}`` while silent
 RECENT = "~anom|"  #: ``~anom|{ts:020d}|{sensor}|{metric or -}|{detector}``: recent events
 
 
@@ -40,18 +42,48 @@ class Judgement:
         self.rules = rules
         self.faults = faults
         self.events: list[dict[str, Any]] = []
-        self._records: dict[str, dict[str, Any]] = {}
+        self._records: dict[str, dict[str, Any] | None] = {}
         self._dirty: dict[str, None] = {}
 
-    def _record(self, key: str, new: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, key: str, new: dict[str, Any] | None) -> Any:
         if key not in self._records:
             raw = self.store.get(key)
             self._records[key] = orjson.loads(raw) if raw is not None else new
         return self._records[key]
 
+    def check_silence(self, sensors: Iterable[tuple[str, int, int | None]], now: int,
+                      after: float) -> None:
+        """Report each of ``(sensor, last_seen, typical interval)`` whose last reading is
+        more than ``after`` intervals before ``now`` (the partition's event time), once."""
+        for sensor_id, last_seen, interval in sensors:
+            if not interval or now - last_seen <= after * interval:
+                continue
+            key = SILENT + sensor_id
+            if self._record(key, None) is not None:
+                continue
+            self._records[key] = {"last_seen": last_seen, "at": now}
+            self._dirty[key] = None
+            self.events.append(event(sensor_id, None, now, None, Finding(
+                "silent", "medium", f"no reading since {format_ts(last_seen)}: "
+                f"{(now - last_seen) / 1e6:g} s, over {after:g} times its typical "
+                f"interval of {interval / 1e6:g} s")))
+
+    def _recovery(self, reading: Reading) -> None:
+        key = SILENT + reading.sensor_id
+        silent = self._record(key, None)
+        if silent is None or reading.ts <= silent["last_seen"]:
+            return
+        self._records[key] = None
+        self._dirty[key] = None
+        quiet_s = (reading.ts - silent["last_seen"]) / 1e6
+        self.events.append(event(reading.sensor_id, None, reading.ts, None, Finding(
+            "recovered", "low", f"reporting again after {quiet_s:g} s of silence "
+            f"(reported silent at {format_ts(silent['at'])})")))
+
     def observe(self, reading: Reading, latest: Mapping[str, float | None]) -> None:
         """Judge each metric of ``reading`` against its baseline, and the fault rules
         against the sensor's ``latest`` values (this reading merged in)."""
+        self._recovery(reading)
         for metric, value in reading.metrics.items():
             if value is None:
                 continue
@@ -78,7 +110,11 @@ class Judgement:
         for anomaly in self.events:
             self.store.put(recent_key(anomaly), orjson.dumps(anomaly))
         for key in self._dirty:
-            self.store.put(key, orjson.dumps(self._records[key]))
+            record = self._records[key]
+            if record is None:
+                self.store.delete(key)
+            else:
+                self.store.put(key, orjson.dumps(record))
 
 
 def recent_key(anomaly: dict[str, Any]) -> str:

@@ -226,6 +226,22 @@ class Batch:
         if location is not None:
             record["loc"] = location
 
+    def last_seen(self, sensor_id: str) -> int | None:
+        """The sensor's newest reading time, this batch's readings included."""
+        record = self._latest.get(sensor_id)
+        if record is None:
+            raw = self.store.get(LATEST + sensor_id)
+            record = orjson.loads(raw) if raw is not None else None
+        return record["last_seen"] if record is not None else None
+
+    def typical_interval(self, sensor_id: str) -> int | None:
+        """The sensor's typical interval between readings, as its base windows sealed."""
+        tracker = self._intervals.get(sensor_id)
+        if tracker is None:
+            raw = self.store.get(INTERVAL + sensor_id)
+            tracker = orjson.loads(raw) if raw is not None else None
+        return typical_interval(tracker["gaps"]) if tracker is not None else None
+
     def latest_values(self, sensor_id: str) -> dict[str, float | None]:
         """The sensor's latest value of each metric, this batch's readings included."""
         record = self._latest.get(sensor_id)

@@ -6,6 +6,7 @@ import time
 
 import orjson
 import pytest
+from aiokafka.partitioner import murmur2
 
 from app.contract import format_ts
 
@@ -76,3 +77,43 @@ async def test_a_battery_fault_is_reported_once_and_a_replay_reports_nothing(
     again = [orjson.loads(r.value) for r in await read_all(bootstrap, anomalies_topic,
                                                            deadline=10)]
     assert again == events
+
+
+def same_partition(sensor_id: str, partitions: int) -> str:
+    """Another sensor id whose readings share ``sensor_id``'s partition."""
+    def partition(key: str) -> int:
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return next(f"n{i}" for i in range(1000)
+                if partition(f"n{i}") == partition(sensor_id))
+
+
+async def test_a_silent_sensor_is_reported_and_recovers(make_worker, app_env, bootstrap):
+    topic = app_env["SENSORSTREAM_INPUT_TOPICS"]
+    anomalies_topic = app_env["SENSORSTREAM_ANOMALIES_TOPIC"]
+    start = time.time() - 3600
+    msgs = mote_readings(60, start)[:-1]  # quiet: 30 min every 30 s
+    neighbour = same_partition("9", int(app_env["SENSORSTREAM_PARTITIONS"]))
+    worker = make_worker().start()
+    await worker.ready()
+    await produce(bootstrap, topic, msgs)
+    ticks = iter(range(10**6))
+
+    async def reported(detector: str):
+        # The neighbour moves the partition's event time on (15 min past mote 9's last
+        # reading); the stage looks for silent sensors at most every 10 s.
+        n = next(ticks)
+        await produce(bootstrap, topic, [(neighbour.encode(), orjson.dumps(
+            {"sensor_id": neighbour, "ts": start + 60 * 30 + 900 + n, "temperature": 1.0}))])
+        records = await read_all(bootstrap, anomalies_topic, deadline=10)
+        found = [orjson.loads(r.value) for r in records]
+        return [e for e in found if e["detector"] == detector] or None
+    (silent,) = await eventually(lambda: reported("silent"), "mote 9 reported silent", 90,
+                                 interval=1)
+    assert silent["sensor_id"] == "9" and silent["severity"] == "medium"
+    assert "times its typical interval of 30" in silent["reason"], silent
+
+    await produce(bootstrap, topic, [(b"9", orjson.dumps(
+        {"mote_id": 9, "ts": start + 60 * 30 + 1000, "temperature": 20.1}))])
+    (recovered,) = await eventually(lambda: reported("recovered"), "mote 9 recovered", 60,
+                                    interval=1)
+    assert recovered["sensor_id"] == "9" and recovered["severity"] == "low"

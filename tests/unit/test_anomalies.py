@@ -43,3 +43,22 @@ def test_a_battery_fault_and_a_spike_are_reported_once_and_a_replay_reports_noth
     assert all(e["ts"] == "2023-11-14T00:20:00.000000Z" for e in events)
     assert judge(store, readings) == []  # delivered again: nothing new
     assert judge(DictStore.replay(store.log), readings) == []  # after a rebuild too
+
+
+def test_a_silent_sensor_is_reported_once_and_recovers_when_it_reports_again():
+    store = DictStore()
+    interval = 30_000_000
+    quiet = [("7", T0, interval), ("8", T0 + 60_000_000, interval), ("9", T0, None)]
+
+    def check(now):
+        judgement = Judgement(store, RULES, FAULTS)
+        judgement.check_silence(quiet, now, 3)
+        judgement.write()
+        return [(e["sensor_id"], e["detector"]) for e in judgement.events]
+    assert check(T0 + 90_000_000) == []                      # exactly 3 intervals: not yet
+    assert check(T0 + 91_000_000) == [("7", "silent")]       # 8 is recent, 9 has no interval
+    assert check(T0 + 200_000_000) == [("8", "silent")]      # 7 is reported once
+    assert judge(store, [Reading("7", T0, {"temperature": 20.0}, {})]) == []  # old: no
+    events = judge(store, [Reading("7", T0 + 210_000_000, {"temperature": 20.0}, {})])
+    assert [(e["detector"], e["severity"]) for e in events] == [("recovered", "low")]
+    assert store.get("~silent|7") is None and store.get("~silent|8") is not None
