@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from app.contract import format_ts, parse_time
+from app.inject import Injector, Label
 from app.locations import mote_locations
 from app.settings import parse_duration
 
@@ -159,13 +160,20 @@ class Plan:
     seed: int | None = None
     start_us: int | None = None
     shape: str = "wide"
+    anomalies: float = 0.0  #: share of readings inside an injected, labelled anomaly
 
 
-def messages(plan: Plan, summary: Counter[str]) -> Iterator[tuple[int, bytes | None, bytes]]:
+def messages(plan: Plan, summary: Counter[str], labels: list[Label] | None = None,
+             ) -> Iterator[tuple[int, bytes | None, bytes]]:
     """``(event time, key, value)`` of every message of the run, duplicates and bad ones
-    included; ``summary`` counts what was produced."""
+    included; ``summary`` counts what was produced, ``labels`` receives the anomalies
+    (app.inject) as they start (their ``end`` grows while they last)."""
     fleet = Fleet(plan.sensors, plan.start_us, plan.seed)
     rng = random.Random(None if plan.seed is None else plan.seed + 1)
+    injector = Injector(plan.anomalies, random.Random(None if plan.seed is None
+                                                      else plan.seed + 2), FAULT_VOLTAGE)
+    if labels is not None:
+        injector.labels = labels
     shapes = ["wide", "metrics", "long"] if plan.shape == "mixed" else [plan.shape]
     produced = 0
     pending: list[dict[str, Any]] = []
@@ -173,6 +181,10 @@ def messages(plan: Plan, summary: Counter[str]) -> Iterator[tuple[int, bytes | N
         if plan.count and produced >= plan.count:
             break
         produced += 1
+        reading = injector.apply(reading)
+        if reading is None:
+            summary["silenced"] += 1
+            continue
         summary["readings"] += 1
         summary["rows"] += 4
         ts = parse_time(reading["ts"]) or 0
@@ -216,7 +228,7 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 
 async def run(plan: Plan, bootstrap: str, topic: str, partitions: int,
-              progress: bool = False) -> Counter[str]:
+              progress: bool = False, labels: list[Label] | None = None) -> Counter[str]:
     from aiokafka import AIOKafkaProducer
 
     await ensure_topic(bootstrap, topic, partitions)
@@ -228,7 +240,7 @@ async def run(plan: Plan, bootstrap: str, topic: str, partitions: int,
     sim_start = plan.start_us
     last_report = time.time()
     try:
-        for ts, key, value in messages(plan, summary):
+        for ts, key, value in messages(plan, summary, labels):
             if sim_start is None:
                 sim_start = ts
             while plan.speed > 0:
@@ -282,11 +294,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulated start: ISO-8601, epoch, or -DURATION before now "
                              "(default: far enough back that --count ends now, else -1d)")
     parser.add_argument("--topic", default=None, help="default: first SENSORSTREAM_INPUT_TOPICS")
+    parser.add_argument("--anomalies", type=float, default=0.02,
+                        help="share of readings inside an injected anomaly (spike, drift, "
+                             "stuck, silent, battery); 0 = none")
+    parser.add_argument("--labels", default=None,
+                        help="write what was injected (and real battery faults) to this "
+                             "file as JSON lines when the run ends")
     args = parser.parse_args(argv)
     if args.sensors < 1 or args.envelope < 1 or args.count < 0:
         parser.error("--sensors and --envelope must be >= 1, --count >= 0")
     if not (0 <= args.duplicates <= 1 and 0 <= args.malformed <= 1):
         parser.error("--duplicates and --malformed are rates between 0 and 1")
+    if not 0 <= args.anomalies < 1:
+        parser.error("--anomalies is a share of readings, from 0 to below 1")
     try:
         settings = settings_mod.load()
     except settings_mod.SettingError as exc:
@@ -296,15 +316,21 @@ def main(argv: list[str] | None = None) -> int:
         span_s = (args.count / args.sensors + 1) * INTERVAL_S if args.count else 86_400
         start = int((time.time() - span_s) * 1e6)
     plan = Plan(args.sensors, args.speed, args.count, args.envelope, args.duplicates,
-                args.malformed, args.seed, start, args.shape)
+                args.malformed, args.seed, start, args.shape, args.anomalies)
+    labels: list[Label] = []
     bootstrap = settings.bootstrap
     topic = args.topic or settings.input_topics[0]
     print(f"simulating {args.sensors} sensors from {format_ts(start)} into {topic!r} at "
           f"{bootstrap}, speed {args.speed:g}x", file=sys.stderr, flush=True)
     try:
-        summary = asyncio.run(run(plan, bootstrap, topic, settings.partitions, progress=True))
+        summary = asyncio.run(run(plan, bootstrap, topic, settings.partitions, progress=True,
+                                  labels=labels))
     except KeyboardInterrupt:
         return 130
+    finally:
+        if args.labels:
+            with open(args.labels, "wb") as out:
+                out.writelines(orjson.dumps(label.as_dict()) + b"\n" for label in labels)
     print(orjson.dumps(dict(summary), option=orjson.OPT_SORT_KEYS).decode(), flush=True)
     return 0
 
