@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STACK_DIR := $(or $(SENSORSTREAM_STACK_DIR),.stack)
 
-.PHONY: setup demo test lint stack stack-down worker simulate bench clean
+.PHONY: setup demo test lint stack stack-down worker simulate bench anomaly-eval clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ simulate: setup
 ## Benchmarks (ratios against a baseline measured in the same run).
 bench: setup
 	$(BIN)/python -m bench.ingest $(ARGS)
+
+## Precision, recall and latency of the anomaly detectors per injected class (in-process).
+anomaly-eval: setup
+	$(BIN)/python -m bench.anomaly_eval --offline $(ARGS)
 
 clean: stack-down
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -152,20 +152,24 @@ def _limits(text: str) -> dict[str, tuple[float, float]]:
     return limits
 
 
-def _rates(text: str) -> dict[str, float]:
-    try:
-        raw = json.loads(text)
-    except ValueError:
-        raise ValueError('expected JSON such as {"temperature": 0.1}') from None
-    if not isinstance(raw, dict):
-        raise ValueError('expected a JSON object such as {"temperature": 0.1}')
-    rates: dict[str, float] = {}
-    for metric, rate in raw.items():
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not (
-                math.isfinite(rate) and rate > 0):
-            raise ValueError(f"the rate of {metric!r} must be a positive number per second")
-        rates[str(metric).strip().lower()] = float(rate)
-    return rates
+def _per_metric(what: str) -> Callable[[str], dict[str, float]]:
+    """JSON ``{metric: positive number}``; ``what`` names the number in errors."""
+    def parse(text: str) -> dict[str, float]:
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            raise ValueError('expected JSON such as {"temperature": 0.1}') from None
+        if not isinstance(raw, dict):
+            raise ValueError('expected a JSON object such as {"temperature": 0.1}')
+        found: dict[str, float] = {}
+        for metric, number in raw.items():
+            if isinstance(number, bool) or not isinstance(number, int | float) or not (
+                    math.isfinite(number) and number > 0):
+                raise ValueError(f"the {what} of {metric!r} must be a positive number")
+            found[str(metric).strip().lower()] = float(number)
+        return found
+
+    return parse
 
 
 def _z_thresholds(text: str) -> tuple[float, float, float]:
@@ -266,6 +270,7 @@ DEFAULT_LIMITS = (
     '{"temperature": [-60, 150], "humidity": [0, 100], "light": [0, 200000], "voltage": [0, 10]}'
 )
 DEFAULT_OPERATING_RANGES = '{"temperature": [0, 50], "humidity": [0, 100]}'
+DEFAULT_MIN_STDDEV = '{"temperature": 0.5, "humidity": 1.5, "voltage": 0.05, "light": 200}'
 DEFAULT_SPIKE_LIMITS = '{"temperature": 0.1, "humidity": 0.5}'
 DEFAULT_ATTRIBUTE_FIELDS = (
     "location,lat,lon,latitude,longitude,altitude,unit,schema_version,event_id,seq,epoch,gateway_id"
@@ -330,12 +335,15 @@ SPECS: tuple[Spec, ...] = (
          "is within this fraction of the true value."),
     Spec("ANOMALIES_TOPIC", "sensor-anomalies", _topic_name,
          "Topic that receives anomaly events (JSON, keyed by sensor id)."),
-    Spec("BASELINE_HALF_LIFE", "1d", _positive_duration,
+    Spec("BASELINE_HALF_LIFE", "1h", _positive_duration,
          "How fast a baseline forgets: a reading this much older weighs half as much."),
     Spec("ANOMALY_WARMUP", "30", _int_in(2, 1_000_000),
          "Readings a baseline learns before its z-score judges anything."),
     Spec("ANOMALY_Z", "3,4,6", _z_thresholds,
          "|z| above which a reading is anomalous with low, medium and high severity."),
+    Spec("ANOMALY_MIN_STDDEV", DEFAULT_MIN_STDDEV, _per_metric("standard deviation"),
+         "JSON `{metric: stddev}`: a floor under the spread a reading is judged by, so "
+         "changes within a few times it (noise, resolution) are never anomalous."),
     Spec("ANOMALY_COOLDOWN", "5m", parse_duration,
          "Per (sensor, metric, detector): repeats within this time are counted, not "
          "emitted; the count travels with the next event or a summary at its end."),
@@ -344,7 +352,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("OPERATING_RANGES", DEFAULT_OPERATING_RANGES, _limits,
          "JSON `{metric: [low, high]}`: a value outside is an anomaly (`range`); unlike "
          "`PHYSICAL_LIMITS` the reading is kept."),
-    Spec("SPIKE_LIMITS", DEFAULT_SPIKE_LIMITS, _rates,
+    Spec("SPIKE_LIMITS", DEFAULT_SPIKE_LIMITS, _per_metric("change per second"),
          "JSON `{metric: change per second}`: a faster change between two readings is "
          "an anomaly (`spike`)."),
     Spec("STUCK_READINGS", "20", _int_in(2, 1_000_000),

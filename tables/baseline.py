@@ -36,7 +36,7 @@ HOUR_US = 3_600_000_000
 class Rules:
     """What counts as anomalous (settings fill it in)."""
 
-    half_life_us: int = 24 * HOUR_US
+    half_life_us: int = HOUR_US
     warmup: int = 30                      #: readings before any statistical judgement
     z_low: float = 3.0                    #: |z| above: low; above z_medium: medium ...
     z_medium: float = 4.0
@@ -49,6 +49,9 @@ class Rules:
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  #: operating range
     spikes: dict[str, float] = field(default_factory=dict)  #: max change per second
     stuck_exempt: frozenset[str] = frozenset()  #: metrics that may rest at one value
+    #: A floor under each metric's standard deviation: deviations within a few times
+    #: this are never anomalous, however steady the metric was (its resolution).
+    min_stddev: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Rules:
@@ -58,7 +61,8 @@ class Rules:
                    stuck_count=settings.stuck_readings, stuck_us=int(settings.stuck_for * 1e6),
                    cooldown_us=int(settings.anomaly_cooldown * 1e6),
                    ranges=dict(settings.operating_ranges), spikes=dict(settings.spike_limits),
-                   stuck_exempt=frozenset(settings.stuck_exempt))
+                   stuck_exempt=frozenset(settings.stuck_exempt),
+                   min_stddev=dict(settings.anomaly_min_stddev))
 
 
 @dataclass
@@ -83,6 +87,11 @@ def stddev(record: dict[str, Any]) -> float:
     return math.sqrt(record["s"] / record["w"]) if record["w"] > 0 else 0.0
 
 
+def spread(record: dict[str, Any], metric: str, rules: Rules) -> float:
+    """The standard deviation a reading is judged by: the baseline's, or the floor."""
+    return max(stddev(record), rules.min_stddev.get(metric, 0.0))
+
+
 def severity(z: float, rules: Rules) -> str | None:
     size = abs(z)
     if size > rules.z_high:
@@ -101,7 +110,7 @@ def observe(record: dict[str, Any], metric: str, ts: int, value: float,
     if record["through"] is not None and ts <= record["through"]:
         return []
     findings = _judge(record, metric, ts, value, rules)
-    _learn(record, ts, value, rules)
+    _learn(record, metric, ts, value, rules)
     return cool(record, ts, findings, rules)
 
 
@@ -112,7 +121,7 @@ def _judge(record: dict[str, Any], metric: str, ts: int, value: float,
     if bounds is not None and not bounds[0] <= value <= bounds[1]:
         found.append(Finding("range", "medium", f"{metric} {value:g} outside its operating "
                              f"range {bounds[0]:g}..{bounds[1]:g}", expected=bounds))
-    sd = stddev(record)
+    sd = spread(record, metric, rules)
     if record["n"] >= rules.warmup and sd > 0:
         z = (value - record["mean"]) / sd
         level = severity(z, rules)
@@ -125,7 +134,7 @@ def _judge(record: dict[str, Any], metric: str, ts: int, value: float,
     history = ts - record["since"] if record["since"] is not None else 0
     if (slot is not None and slot[0] >= rules.seasonal_min and slot[2] > 0
             and history >= rules.seasonal_days * 24 * HOUR_US):
-        slot_sd = math.sqrt(slot[2] / (slot[0] - 1))
+        slot_sd = max(math.sqrt(slot[2] / (slot[0] - 1)), rules.min_stddev.get(metric, 0.0))
         z = (value - slot[1]) / slot_sd
         level = severity(z, rules)
         if level:
@@ -149,9 +158,9 @@ def _judge(record: dict[str, Any], metric: str, ts: int, value: float,
     return found
 
 
-def _learn(record: dict[str, Any], ts: int, value: float, rules: Rules) -> None:
+def _learn(record: dict[str, Any], metric: str, ts: int, value: float, rules: Rules) -> None:
     learned = value
-    sd = stddev(record)
+    sd = spread(record, metric, rules)
     if record["n"] >= rules.warmup and sd > 0:  # winsorise what the z-score rejects
         low, high = record["mean"] - rules.z_low * sd, record["mean"] + rules.z_low * sd
         learned = min(max(value, low), high)
