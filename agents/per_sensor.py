@@ -10,7 +10,6 @@ a crash a seal is repeated (and emitted again), never stored without its output.
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -41,9 +40,10 @@ windows = Windows(
     location_of=location_of,
 )
 _expiry = Expiry()
-#: How often (wall time) a partition's sensors are checked for silence, and when last.
-SILENCE_SCAN_S = 10.0
-_silence_scanned: dict[int, float] = {}
+#: How far a partition's event time moves on between checks of its sensors for
+#: silence, and where it stood at the last check (event time: a replay checks as often).
+SILENCE_SCAN_US = 30_000_000
+_silence_scanned: dict[int, int] = {}
 RULES = Rules.from_settings(settings)
 FAULTS = fault_rules.parse(settings.fault_rules)
 
@@ -94,10 +94,10 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
         judgement.observe(reading, batch.latest_values(reading.sensor_id))
     batch.announce(watermarks)
     sealed = batch.seal()
-    if time.monotonic() - _silence_scanned.get(partition, 0.0) >= SILENCE_SCAN_S:
-        _silence_scanned[partition] = time.monotonic()
-        judgement.check_silence(_sensors(batch, partition), batch.part["newest"],
-                                settings.silent_after)
+    newest = batch.part["newest"]
+    if newest - _silence_scanned.get(partition, 0) >= SILENCE_SCAN_US:
+        _silence_scanned[partition] = newest
+        judgement.check_silence(_sensors(batch, partition), newest, settings.silent_after)
     if sealed or judgement.events:
         await _emit(batch)
         for anomaly in judgement.events:

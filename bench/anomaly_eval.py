@@ -84,7 +84,7 @@ def run_offline(readings: int, rate: float, seed: int,
             last_seen[reading.sensor_id] = max(last_seen.get(reading.sensor_id, 0), reading.ts)
             newest = max(newest, reading.ts)
             judgement.observe(reading, latest[reading.sensor_id])
-        if n % 50 == 0:  # the worker looks every 10 s of wall time
+        if n % 50 == 0:  # about every 30 s of event time, as the worker looks
             judgement.check_silence(((s, t, int(INTERVAL_S * 1e6)) for s, t in
                                      last_seen.items()), newest, settings.silent_after)
         judgement.write()
