@@ -47,9 +47,9 @@ simulate: setup
 bench: setup
 	$(BIN)/python -m bench.ingest $(ARGS)
 
-## Precision, recall and latency of the anomaly detectors per injected class (in-process).
+## Precision, recall and latency of the anomaly detectors per injected class, on a stack of its own.
 anomaly-eval: setup
-	$(BIN)/python -m bench.anomaly_eval --offline $(ARGS)
+	$(BIN)/python -m bench.anomaly_eval --stack $(ARGS)
 
 clean: stack-down
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -92,12 +92,9 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
     for reading, source, _ingested_at in rows:
         batch.add(reading, source)
         judgement.observe(reading, batch.latest_values(reading.sensor_id))
+        _check_silence(batch, judgement, partition)  # a batch can span minutes
     batch.announce(watermarks)
     sealed = batch.seal()
-    newest = batch.part["newest"]
-    if newest - _silence_scanned.get(partition, 0) >= SILENCE_SCAN_US:
-        _silence_scanned[partition] = newest
-        judgement.check_silence(_sensors(batch, partition), newest, settings.silent_after)
     if sealed or judgement.events:
         await _emit(batch)
         for anomaly in judgement.events:
@@ -115,6 +112,13 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
         _expiry.wrote((partition, app.consumer_generation_id, RECENT), parse_time(anomaly["ts"]))
     _expire(store, partition, batch.part["newest"])
     _count(batch)
+
+
+def _check_silence(batch: Batch, judgement: Judgement, partition: int) -> None:
+    newest = batch.part["newest"]
+    if newest - _silence_scanned.get(partition, 0) >= SILENCE_SCAN_US:
+        _silence_scanned[partition] = newest
+        judgement.check_silence(_sensors(batch, partition), newest, settings.silent_after)
 
 
 def _sensors(batch: Batch, partition: int) -> Iterator[tuple[str, int, int | None]]:

@@ -1,10 +1,13 @@
 """Quality of anomaly detection per injected class: precision, recall, F1, latency.
 
-``python -m bench.anomaly_eval --offline`` runs the simulator's labelled stream
-(app.inject) through the detectors (tables.anomalies) in this process, one reading
-at a time in time order. It has no broker, no dedup and no windows: the typical
-interval of the silence check is the fleet's (31 s). The run through the real stack
-is still to come (issue 4).
+``python -m bench.anomaly_eval --stack`` (``make anomaly-eval``) starts a local stack
+of its own and a worker, produces the simulator's labelled stream (app.inject), one
+reading per message keyed by mote, reads the anomaly topic, and scores it; then it
+produces the same readings again and reports how many new events that raised.
+
+``--offline`` runs the same stream through the detectors (tables.anomalies) in this
+process, without broker, dedup or windows (the typical interval of the silence check
+is the fleet's 31 s): quick for tuning.
 
 Scoring:
 
@@ -18,11 +21,16 @@ Scoring:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import shutil
 import statistics
+import tempfile
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,9 +39,19 @@ from app.contract import Contract, parse_time
 from app.inject import KINDS, Label
 from app.settings import load
 from app.simulator import INTERVAL_S, Plan, messages
+from app.stack import Stack
 from tables import fault_rules
 from tables.anomalies import Judgement
 from tables.baseline import Rules
+from tests.integration.harness import (
+    Worker,
+    accounting,
+    env_without_sensorstream,
+    eventually,
+    isolated_stack_settings,
+    produce,
+    read_all,
+)
 
 #: The detectors whose events answer for each class.
 DETECTORS = {
@@ -92,6 +110,36 @@ def run_offline(readings: int, rate: float, seed: int,
     return labels, events
 
 
+def labelled_stream(readings: int, rate: float, seed: int,
+                    ) -> tuple[list[tuple[bytes | None, bytes]], list[Label]]:
+    """The simulator's messages (one reading each, keyed by mote) and their labels."""
+    labels: list[Label] = []
+    span_us = int(readings / 54 * INTERVAL_S * 1e6)
+    plan = Plan(count=readings, speed=0, seed=seed, anomalies=rate,
+                start_us=int(time.time() * 1e6) - span_us - 3_600_000_000)
+    msgs = [(key, value) for _ts, key, value in messages(plan, Counter(), labels)]
+    return msgs, labels
+
+
+async def through_stack(bootstrap: str, worker: Any, env: dict[str, str],
+                        msgs: list[tuple[bytes | None, bytes]]) -> tuple[list[dict], int]:
+    """Run ``msgs`` through a started ``worker`` (tests.integration.harness.Worker), then
+    once more: the anomaly events of the first pass, and how many the replay added."""
+    topic = env["SENSORSTREAM_INPUT_TOPICS"]
+    anomalies = env["SENSORSTREAM_ANOMALIES_TOPIC"]
+    contract = Contract.from_settings(load({k: v for k, v in env.items()
+                                            if k.startswith("SENSORSTREAM_")}))
+    rows = sum(contract.parse(value).count_in for _key, value in msgs)
+    for n in (1, 2):
+        await produce(bootstrap, topic, msgs)
+        await eventually(lambda n=n: accounting(worker.metrics(), topic)["in"] >= n * rows,
+                         f"pass {n} processed", 900, interval=0.5)
+        records = await read_all(bootstrap, anomalies, deadline=60)
+        if n == 1:
+            events = [orjson.loads(r.value) for r in records]
+    return events, len(records) - len(events)
+
+
 def score(labels: list[Label], events: list[dict], grace_us: int) -> dict[str, dict[str, Any]]:
     by_sensor: dict[str, list[Label]] = defaultdict(list)
     for label in labels:
@@ -135,26 +183,68 @@ def markdown(table: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def on_stack(readings: int, rate: float, seed: int,
+             workdir: Path) -> tuple[list[Label], list[dict], int]:
+    """The evaluation on a local stack of its own, started and stopped here."""
+    overrides = isolated_stack_settings(workdir / "stack")
+    stack = Stack(load(overrides))
+    env = {**env_without_sensorstream(), **overrides, **stack.up()}
+    app_id = f"eval-{uuid.uuid4().hex[:6]}"
+    env.update({"SENSORSTREAM_APP_ID": app_id, "SENSORSTREAM_INPUT_TOPICS": f"{app_id}-in",
+                "SENSORSTREAM_DLQ_TOPIC": f"{app_id}-dlq",
+                "SENSORSTREAM_LATE_TOPIC": f"{app_id}-late",
+                "SENSORSTREAM_AGGREGATES_TOPIC": f"{app_id}-aggregates",
+                "SENSORSTREAM_ANOMALIES_TOPIC": f"{app_id}-anomalies"})
+    worker = Worker(env, workdir / "data", workdir / "worker.log")
+    msgs, labels = labelled_stream(readings, rate, seed)
+
+    async def evaluate() -> tuple[list[dict], int]:
+        worker.start()
+        await worker.ready(120)
+        return await through_stack(env["SENSORSTREAM_BROKER"].split("://", 1)[1], worker,
+                                   env, msgs)
+    try:
+        events, replayed = asyncio.run(evaluate())
+        return labels, events, replayed
+    finally:
+        worker.stop()
+        stack.down()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.anomaly_eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--offline", action="store_true", required=True,
-                        help="detectors in this process (the real-stack run is to come)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--offline", action="store_true",
+                       help="the detectors in this process, without a broker")
+    where.add_argument("--stack", action="store_true",
+                       help="a worker on a local stack of its own (free ports)")
     parser.add_argument("--readings", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--grace", type=float, default=600.0, help="seconds of event time")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    environ = {k: v for k, v in os.environ.items() if k.startswith("SENSORSTREAM_")}
-    labels, events = run_offline(args.readings, args.rate, args.seed, environ)
+    replayed = None
+    if args.offline:
+        environ = {k: v for k, v in os.environ.items() if k.startswith("SENSORSTREAM_")}
+        labels, events = run_offline(args.readings, args.rate, args.seed, environ)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="sensorstream-eval-"))
+        try:
+            labels, events, replayed = on_stack(args.readings, args.rate, args.seed, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     table = score(labels, events, int(args.grace * 1e6))
     print(markdown(table))
     print("events by detector and metric:", dict(Counter(
         f"{e['detector']}:{e['metric']}" for e in events if not e["summary"])))
-    print(orjson.dumps({"readings": args.readings, "rate": args.rate, "seed": args.seed,
+    if replayed is not None:
+        print(f"the same readings again: {replayed} new anomaly events")
+    print(orjson.dumps({"where": "offline" if args.offline else "stack",
+                        "readings": args.readings, "rate": args.rate, "seed": args.seed,
                         "seconds": round(time.monotonic() - started, 1),
-                        "classes": table}).decode())
+                        "replay_new_events": replayed, "classes": table}).decode())
     return 0
 
 

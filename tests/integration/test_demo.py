@@ -74,6 +74,13 @@ async def test_demo_runs_and_stops_what_it_started(tmp_path):
         assert set(mote["metrics"]) >= {"temperature", "light", "voltage"}
         await watch_minute_windows_change(f"{url}/sensors/1/aggregates?window=1m"
                                           "&metric=temperature")
+
+        def anomalies():  # the simulator injects them by default (2 % of readings)
+            status, body = http_get(f"{url}/anomalies")
+            assert status == 200, body
+            return body["anomalies"]
+        found = await eventually(anomalies, "anomalies at /anomalies", deadline=120)
+        assert all(a["detector"] and a["reason"] for a in found)
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(60)
