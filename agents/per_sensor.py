@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from app import metrics
-from app.contract import decode_batch, format_ts, parse_time
+from app.contract import decode_batch, format_ts, now_us, parse_time
 from app.locations import location_of
 from app.main import app, settings
 from app.reread import read_range
@@ -115,7 +115,9 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
 
 
 def _check_silence(batch: Batch, judgement: Judgement, partition: int) -> None:
-    newest = batch.part["newest"]
+    # Never past the wall clock: one sensor whose clock runs ahead (readings up to
+    # SENSORSTREAM_MAX_FUTURE are accepted) must not make all the others look silent.
+    newest = min(batch.part["newest"], now_us())
     if newest - _silence_scanned.get(partition, 0) >= SILENCE_SCAN_US:
         _silence_scanned[partition] = newest
         judgement.check_silence(_sensors(batch, partition), newest, settings.silent_after)
