@@ -8,7 +8,7 @@ import orjson
 import pytest
 from aiokafka.partitioner import murmur2
 
-from app.contract import format_ts
+from app.contract import format_ts, parse_time
 from bench.anomaly_eval import labelled_stream, score, through_stack
 
 from .harness import accounting, eventually, produce, read_all
@@ -32,7 +32,7 @@ async def test_a_battery_fault_is_reported_once_and_a_replay_reports_nothing(
     anomalies_topic = app_env["SENSORSTREAM_ANOMALIES_TOPIC"]
     start = time.time() - 3600
     msgs = mote_readings(60, start)
-    fault_ts = format_ts(int((start + 60 * 30) * 1e6))
+    fault_ts = format_ts(parse_time(start + 60 * 30))  # as the contract reads it
     worker = make_worker().start()
     await worker.ready()
     await produce(bootstrap, topic, msgs)
