@@ -22,8 +22,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.reread import committed_offsets
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -202,23 +200,6 @@ async def read_all(bootstrap: str, topic: str, expected: int | None = None,
     finally:
         await consumer.stop()
     return records
-
-
-async def caught_up(bootstrap: str, group: str, topics: Iterable[str]) -> bool:
-    """Whether ``group`` has committed every partition of ``topics`` to its end: nothing
-    it has not finished with can be delivered to it again."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for topic in topics
-               for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        ends = await consumer.end_offsets(tps) if tps else {}
-    finally:
-        await consumer.stop()
-    committed = await committed_offsets(bootstrap, group, [(tp.topic, tp.partition)
-                                                           for tp in tps])
-    return bool(tps) and all(ends[tp] <= committed.get((tp.topic, tp.partition), 0)
-                             for tp in tps)
 
 
 def env_without_sensorstream() -> dict[str, str]:
