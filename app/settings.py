@@ -130,13 +130,18 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-def _limits(text: str) -> dict[str, tuple[float, float]]:
+def _json_object(text: str, example: str) -> dict[str, Any]:
     try:
         raw = json.loads(text)
     except ValueError:
-        raise ValueError('expected JSON such as {"humidity": [0, 100]}') from None
+        raise ValueError(f"expected JSON such as {example}") from None
     if not isinstance(raw, dict):
-        raise ValueError('expected a JSON object such as {"humidity": [0, 100]}')
+        raise ValueError(f"expected a JSON object such as {example}")
+    return raw
+
+
+def _limits(text: str) -> dict[str, tuple[float, float]]:
+    raw = _json_object(text, '{"humidity": [0, 100]}')
     limits: dict[str, tuple[float, float]] = {}
     for metric, bounds in raw.items():
         ok = (
@@ -155,12 +160,7 @@ def _limits(text: str) -> dict[str, tuple[float, float]]:
 def _per_metric(what: str) -> Callable[[str], dict[str, float]]:
     """JSON ``{metric: positive number}``; ``what`` names the number in errors."""
     def parse(text: str) -> dict[str, float]:
-        try:
-            raw = json.loads(text)
-        except ValueError:
-            raise ValueError('expected JSON such as {"temperature": 0.1}') from None
-        if not isinstance(raw, dict):
-            raise ValueError('expected a JSON object such as {"temperature": 0.1}')
+        raw = _json_object(text, '{"temperature": 0.1}')
         found: dict[str, float] = {}
         for metric, number in raw.items():
             if isinstance(number, bool) or not isinstance(number, int | float) or not (
