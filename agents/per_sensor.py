@@ -24,11 +24,21 @@ from app.reread import read_range
 from app.topics import BOOTSTRAP, aggregates, anomalies, by_location, by_sensor, late
 from tables import fault_rules
 from tables import locations as location_windows
-from tables.anomalies import RECENT, Judgement, recent_start
+from tables.anomalies import RECENT, RECENT_DIGITS, Judgement
 from tables.baseline import Rules
 from tables.sensor_state import TableStore, local_keys, state
 from tables.stats import Sketching
-from tables.windows import LATEST, PART, Batch, Expiry, Late, Windows, emitted, expired, open_key
+from tables.windows import (
+    LATEST,
+    Batch,
+    Expiry,
+    Late,
+    Windows,
+    emitted,
+    expired,
+    older_than,
+    open_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +64,10 @@ async def per_sensor(stream):
         await topic.maybe_declare()
     async for event in stream.events():
         partition, offset = event.message.partition, event.message.offset
-        expected = _next_offset(partition)
+        expected = windows.batch(TableStore(state, partition), partition).next_offset
         if expected is not None and offset > expected:
             await _apply_skipped(partition, expected, offset)
         await apply_batch(partition, event.value, offset)
-
-
-def _next_offset(partition: int) -> int | None:
-    raw = TableStore(state, partition).get(f"{PART}{partition}")
-    return orjson.loads(raw).get("next") if raw is not None else None
 
 
 async def _apply_skipped(partition: int, start: int, end: int) -> None:
@@ -205,14 +210,8 @@ def _expire(store: TableStore, partition: int, newest: int) -> None:
     scope = (partition, app.consumer_generation_id, RECENT)
     cutoff_us = newest - int(settings.anomaly_retention * 1_000_000)
     if _expiry.due(scope, cutoff_us):
-        old, oldest_kept = [], None
-        for key in local_keys(state, partition, RECENT):
-            if not key.startswith(RECENT):
-                break
-            if recent_start(key) >= cutoff_us:
-                oldest_kept = recent_start(key)
-                break
-            old.append(key)
+        old, oldest_kept = older_than(local_keys(state, partition, RECENT), RECENT,
+                                      RECENT_DIGITS, cutoff_us)
         _expiry.scanned(scope, oldest_kept)
         for key in old:
             store.delete(key)

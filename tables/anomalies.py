@@ -32,6 +32,7 @@ BASE = "~base|"
 FAULT = "~fault|"
 SILENT = "~silent|"  #: ``~silent|{sensor}``: ``{"last_seen": ts, "at": ts}`` while silent
 RECENT = "~anom|"  #: ``~anom|{ts:020d}|{sensor}|{metric or -}|{detector}``: recent events
+RECENT_DIGITS = 20
 
 
 class Judgement:
@@ -118,13 +119,13 @@ class Judgement:
 
 
 def recent_key(anomaly: dict[str, Any]) -> str:
-    return (f"{RECENT}{parse_time(anomaly['ts']):020d}|{anomaly['sensor_id']}|"
+    return (f"{RECENT}{parse_time(anomaly['ts']):0{RECENT_DIGITS}d}|{anomaly['sensor_id']}|"
             f"{anomaly['metric'] or '-'}|{anomaly['detector']}")
 
 
 def recent_start(key: str) -> int:
     """The reading time of a recent-anomaly key."""
-    return int(key[len(RECENT):len(RECENT) + 20])
+    return int(key[len(RECENT):len(RECENT) + RECENT_DIGITS])
 
 
 def event(sensor_id: str, metric: str | None, ts: int, value: float | None,

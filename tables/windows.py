@@ -226,12 +226,17 @@ class Batch:
         if location is not None:
             record["loc"] = location
 
-    def last_seen(self, sensor_id: str) -> int | None:
-        """The sensor's newest reading time, this batch's readings included."""
+    def _latest_record(self, sensor_id: str) -> dict[str, Any] | None:
+        """The sensor's latest-values record: this batch's, else the stored one."""
         record = self._latest.get(sensor_id)
         if record is None:
             raw = self.store.get(LATEST + sensor_id)
             record = orjson.loads(raw) if raw is not None else None
+        return record
+
+    def last_seen(self, sensor_id: str) -> int | None:
+        """The sensor's newest reading time, this batch's readings included."""
+        record = self._latest_record(sensor_id)
         return record["last_seen"] if record is not None else None
 
     def typical_interval(self, sensor_id: str) -> int | None:
@@ -244,19 +249,13 @@ class Batch:
 
     def latest_values(self, sensor_id: str) -> dict[str, float | None]:
         """The sensor's latest value of each metric, this batch's readings included."""
-        record = self._latest.get(sensor_id)
-        if record is None:
-            raw = self.store.get(LATEST + sensor_id)
-            record = orjson.loads(raw) if raw is not None else {"metrics": {}}
-        return {metric: value for metric, (_ts, value) in record["metrics"].items()}
+        record = self._latest_record(sensor_id)
+        metrics = record["metrics"] if record is not None else {}
+        return {metric: value for metric, (_ts, value) in metrics.items()}
 
     def _merge_latest(self, reading: Reading, values: dict[str, float | None]) -> None:
-        record = self._latest.get(reading.sensor_id)
-        if record is None:
-            raw = self.store.get(LATEST + reading.sensor_id)
-            record = orjson.loads(raw) if raw is not None else None
-        self._latest[reading.sensor_id] = latest.merge(record, reading.ts, values,
-                                                       reading.attributes)
+        self._latest[reading.sensor_id] = latest.merge(
+            self._latest_record(reading.sensor_id), reading.ts, values, reading.attributes)
 
     def _late(self, reading: Reading, source: Source, values: dict[str, float | None],
               reason: str, message: str) -> None:
@@ -538,13 +537,19 @@ class Expiry:
 def expired(keys: Iterator[str], size: WindowSize, cutoff_s: int) -> tuple[list[str], int | None]:
     """Window keys of ``size`` starting before ``cutoff_s`` and the oldest start that stays
     (None when none does), from a partition's keys from ``f"{size.label}|"`` on."""
-    prefix = f"{size.label}|"
+    return older_than(keys, f"{size.label}|", 10, cutoff_s)
+
+
+def older_than(keys: Iterator[str], prefix: str, digits: int,
+               cutoff: int) -> tuple[list[str], int | None]:
+    """Keys ``prefix`` + a zero-padded time of ``digits`` digits, in order from ``prefix``
+    on: those before ``cutoff``, and the oldest time that stays (None when none does)."""
     old = []
     for key in keys:
         if not key.startswith(prefix):
             return old, None
-        start = int(key[len(prefix):len(prefix) + 10])
-        if start >= cutoff_s:
+        start = int(key[len(prefix):len(prefix) + digits])
+        if start >= cutoff:
             return old, start
         old.append(key)
     return old, None
