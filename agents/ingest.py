@@ -20,6 +20,7 @@ from app.contract import Contract, Reading, Source, dead_letter, encode_batches,
 from app.main import app, settings
 from app.reread import committed_offsets, read_range
 from app.topics import BOOTSTRAP, by_sensor, dead_letters, readings, sensor_partition
+from tables.daily import UNATTRIBUTED
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ def _advance(messages: list[Message]) -> None:
 async def forward(messages: list[Message]) -> None:
     now = now_us()
     routed: defaultdict[int, list[tuple[Reading, Source, int]]] = defaultdict(list)
+    #: Dead letters per sensor go to its partition too, for its data-quality figures.
+    dead: defaultdict[int, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
     for message in messages:
         source = message.source
         topic = source.topic
@@ -111,6 +114,8 @@ async def forward(messages: list[Message]) -> None:
             value, headers = dead_letter(rejection, message.value, source, now)
             await dead_letters.send(key=message.key, value=value, headers=headers)
             metrics.DEAD_LETTERED.labels(topic, rejection.reason).inc()
+            sensor_id = rejection.sensor_id or UNATTRIBUTED
+            dead[sensor_partition(sensor_id)][sensor_id] += 1
             log.debug("dead-lettered: %s", rejection.message, extra={
                 "topic": topic, "partition": source.partition, "offset": source.offset,
                 "reason": str(rejection.reason)})
@@ -121,6 +126,7 @@ async def forward(messages: list[Message]) -> None:
     for partition in range(settings.partitions):
         told = _told[partition]
         news = {src: ts for src, ts in _newest.items() if ts > told.get(src, -1)}
-        for value in encode_batches(routed.get(partition, []), watermarks=news):
+        for value in encode_batches(routed.get(partition, []), watermarks=news,
+                                    dead_letters=dead.get(partition)):
             await by_sensor.send(partition=partition, value=value)
         told.update(news)

@@ -26,6 +26,7 @@ from tables import fault_rules
 from tables import locations as location_windows
 from tables.anomalies import RECENT, RECENT_DIGITS, Judgement
 from tables.baseline import Rules
+from tables.daily import DAY, DAY_DIGITS, DAY_S, Days
 from tables.sensor_state import TableStore, local_keys, state
 from tables.stats import Sketching
 from tables.windows import (
@@ -56,6 +57,8 @@ SILENCE_SCAN_US = 30_000_000
 _silence_scanned: dict[int, int] = {}
 RULES = Rules.from_settings(settings)
 FAULTS = fault_rules.parse(settings.fault_rules)
+#: Day records (tables.daily) are kept as long as the longest-kept windows.
+DAY_RETENTION_S = max(size.retention for size in settings.windows)
 
 
 @app.agent(by_sensor, name="per-sensor")
@@ -90,15 +93,20 @@ async def _apply_skipped(partition: int, start: int, end: int) -> None:
 
 async def apply_batch(partition: int, value: bytes, offset: int) -> None:
     store = TableStore(state, partition)
-    batch = windows.batch(store, partition)
+    days = Days(store, RULES.ranges)
+    batch = windows.batch(store, partition, days)
     batch.delivered(offset)
-    rows, watermarks = decode_batch(value)
-    judgement = Judgement(store, RULES, FAULTS)
-    for reading, source, _ingested_at in rows:
+    handover = decode_batch(value)
+    judgement = Judgement(store, RULES, FAULTS, days)
+    for reading, source, _ingested_at in handover.rows:
         batch.add(reading, source)
         judgement.observe(reading, batch.latest_values(reading.sensor_id))
         _check_silence(batch, judgement, partition)  # a batch can span minutes
-    batch.announce(watermarks)
+    batch.announce(handover.watermarks)
+    if handover.dead_letters:
+        at = min(batch.part["newest"], now_us()) or now_us()
+        for sensor_id, n in handover.dead_letters.items():
+            days.dead_letters(sensor_id, at, n)
     sealed = batch.seal()
     if sealed or judgement.events:
         await _emit(batch)
@@ -107,6 +115,7 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
             metrics.ANOMALIES.labels(anomaly["detector"], anomaly["severity"]).inc()
         await app.producer.flush()  # the output is durable before the state is stored
     judgement.write()
+    days.write()
     batch.write()
     for entry in batch.late:
         await late.send(key=entry.reading.sensor_id.encode(), value=_late_record(entry),
@@ -115,6 +124,8 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
         _expiry.wrote((partition, app.consumer_generation_id, size.label), start)
     for anomaly in judgement.events:
         _expiry.wrote((partition, app.consumer_generation_id, RECENT), parse_time(anomaly["ts"]))
+    for day_s in days.created:
+        _expiry.wrote((partition, app.consumer_generation_id, DAY), day_s)
     _expire(store, partition, batch.part["newest"])
     _count(batch)
 
@@ -187,9 +198,9 @@ def _late_record(entry: Late) -> bytes:
 
 
 def _expire(store: TableStore, partition: int, newest: int) -> None:
-    """Drop windows past their size's retention, and anomaly events past theirs. Scans
-    only when something can expire (scope: partition and rebalance generation, so a
-    partition that moved is scanned afresh)."""
+    """Drop windows past their size's retention, anomaly events and day records past
+    theirs. Scans only when something can expire (scope: partition and rebalance
+    generation, so a partition that moved is scanned afresh)."""
     for size in windows.sizes:
         scope = (partition, app.consumer_generation_id, size.label)
         cutoff = int((newest / 1e6 - size.retention) // size.seconds * size.seconds)
@@ -207,11 +218,13 @@ def _expire(store: TableStore, partition: int, newest: int) -> None:
         if keys:
             log.info("expired %d %s windows", len(keys), size.label, extra={
                 "partition": partition, "before": format_ts(cutoff * 1_000_000)})
-    scope = (partition, app.consumer_generation_id, RECENT)
-    cutoff_us = newest - int(settings.anomaly_retention * 1_000_000)
-    if _expiry.due(scope, cutoff_us):
-        old, oldest_kept = older_than(local_keys(state, partition, RECENT), RECENT,
-                                      RECENT_DIGITS, cutoff_us)
-        _expiry.scanned(scope, oldest_kept)
-        for key in old:
-            store.delete(key)
+    for prefix, digits, cutoff in (
+            (RECENT, RECENT_DIGITS, newest - int(settings.anomaly_retention * 1_000_000)),
+            (DAY, DAY_DIGITS, int((newest / 1e6 - DAY_RETENTION_S) // DAY_S * DAY_S))):
+        scope = (partition, app.consumer_generation_id, prefix)
+        if _expiry.due(scope, cutoff):
+            old, oldest_kept = older_than(local_keys(state, partition, prefix), prefix,
+                                          digits, cutoff)
+            _expiry.scanned(scope, oldest_kept)
+            for key in old:
+                store.delete(key)

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -444,22 +444,36 @@ def dead_letter(rejection: Rejection, original: bytes | None, source: Source,
 # -- the internal hand-over between the validating and the per-sensor stage ----------------
 
 
+class Handover(NamedTuple):
+    """One hand-over message: readings with lineage and ingest time, the newest reading
+    time of each input partition (``topic:partition``) so far, and how many dead letters
+    each sensor (``""``: unreadable id) had since the last hand-over."""
+
+    rows: list[tuple[Reading, Source, int]]
+    watermarks: dict[str, int]
+    dead_letters: dict[str, int]
+
+
 def encode_batch(items: list[tuple[Reading, Source, int]],
-                 watermarks: dict[str, int] | None = None) -> bytes:
-    """Readings with lineage and ingest time, compactly, for the per-sensor stage, and
-    the newest reading time of each input partition (``topic:partition``) so far."""
-    return orjson.dumps({"rows": [
+                 watermarks: dict[str, int] | None = None,
+                 dead_letters: dict[str, int] | None = None) -> bytes:
+    """A hand-over message for the per-sensor stage (``Handover``), compactly."""
+    doc: dict[str, Any] = {"rows": [
         [r.sensor_id, r.ts, r.metrics, r.attributes, s.topic, s.partition, s.offset, at]
         for r, s, at in items
-    ], "wm": watermarks or {}})
+    ], "wm": watermarks or {}}
+    if dead_letters:
+        doc["dl"] = dead_letters
+    return orjson.dumps(doc)
 
 
 def encode_batches(items: list[tuple[Reading, Source, int]], max_readings: int = 1000,
                    max_bytes: int = MAX_RECORD_BYTES,
-                   watermarks: dict[str, int] | None = None) -> Iterator[bytes]:
+                   watermarks: dict[str, int] | None = None,
+                   dead_letters: dict[str, int] | None = None) -> Iterator[bytes]:
     """``items`` as hand-over messages of at most ``max_readings`` and ``max_bytes`` each
     (a batch too large is halved until it fits); the last carries ``watermarks``, which
-    take effect after every reading before them."""
+    take effect after every reading before them, and ``dead_letters``."""
     chunks = []
     for start in range(0, len(items), max_readings):
         pending = [items[start:start + max_readings]]
@@ -470,15 +484,16 @@ def encode_batches(items: list[tuple[Reading, Source, int]], max_readings: int =
             else:
                 half = len(chunk) // 2
                 pending.extend([chunk[half:], chunk[:half]])
-    if not chunks and watermarks:
+    if not chunks and (watermarks or dead_letters):
         chunks.append([])
     for i, chunk in enumerate(chunks):
-        yield encode_batch(chunk, watermarks if i == len(chunks) - 1 else None)
+        last = i == len(chunks) - 1
+        yield encode_batch(chunk, watermarks if last else None, dead_letters if last else None)
 
 
-def decode_batch(value: bytes) -> tuple[list[tuple[Reading, Source, int]], dict[str, int]]:
-    """The readings of a hand-over message and the watermarks it announces."""
+def decode_batch(value: bytes) -> Handover:
     doc = orjson.loads(value)
-    return [(Reading(sensor_id, ts, metrics, attributes), Source(topic, partition, offset), at)
-            for sensor_id, ts, metrics, attributes, topic, partition, offset, at in doc["rows"]
-            ], doc["wm"]
+    return Handover(
+        [(Reading(sensor_id, ts, metrics, attributes), Source(topic, partition, offset), at)
+         for sensor_id, ts, metrics, attributes, topic, partition, offset, at in doc["rows"]],
+        doc["wm"], doc.get("dl", {}))

@@ -367,6 +367,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("FAULT_RULES", fault_rules.DEFAULT, _fault_rules,
          "Cross-metric faults on a sensor's latest values: `name: condition; ...`, "
          "comparisons joined by `&`, `|` and parentheses."),
+    Spec("QUALITY_METRICS_SENSORS", "1000", _int_in(0, 1_000_000),
+         "Up to this many sensors per worker get their own data-quality series on "
+         "`/metrics` (label `sensor_id`); beyond it only the worker's totals, to bound "
+         "Prometheus' series. 0: totals only."),
     Spec("PHYSICAL_LIMITS", DEFAULT_LIMITS, _limits,
          "JSON `{metric: [low, high]}`; a value outside is dead-lettered. Others: no limit."),
     Spec("ATTRIBUTE_FIELDS", DEFAULT_ATTRIBUTE_FIELDS, _name_list,

@@ -25,6 +25,7 @@ import orjson
 from app.contract import Reading, format_ts, parse_time
 from tables import baseline
 from tables.baseline import Finding, Rules
+from tables.daily import Days
 from tables.fault_rules import FaultRule
 from tables.windows import Store
 
@@ -38,10 +39,12 @@ RECENT_DIGITS = 20
 class Judgement:
     """The anomalies of one batch; ``write`` stores what the batch learned."""
 
-    def __init__(self, store: Store, rules: Rules, faults: list[FaultRule]) -> None:
+    def __init__(self, store: Store, rules: Rules, faults: list[FaultRule],
+                 days: Days | None = None) -> None:
         self.store = store
         self.rules = rules
         self.faults = faults
+        self.days = days  #: counts the events per sensor and day (tables.daily), if kept
         self.events: list[dict[str, Any]] = []
         self._records: dict[str, dict[str, Any] | None] = {}
         self._dirty: dict[str, None] = {}
@@ -64,10 +67,10 @@ class Judgement:
                 continue
             self._records[key] = {"last_seen": last_seen, "at": now}
             self._dirty[key] = None
-            self.events.append(event(sensor_id, None, now, None, Finding(
+            self._raise(sensor_id, None, now, None, Finding(
                 "silent", "medium", f"no reading since {format_ts(last_seen)}: "
                 f"{(now - last_seen) / 1e6:g} s, over {after:g} times its typical "
-                f"interval of {interval / 1e6:g} s")))
+                f"interval of {interval / 1e6:g} s"))
 
     def _recovery(self, reading: Reading) -> None:
         key = SILENT + reading.sensor_id
@@ -77,9 +80,9 @@ class Judgement:
         self._records[key] = None
         self._dirty[key] = None
         quiet_s = (reading.ts - silent["last_seen"]) / 1e6
-        self.events.append(event(reading.sensor_id, None, reading.ts, None, Finding(
+        self._raise(reading.sensor_id, None, reading.ts, None, Finding(
             "recovered", "low", f"reporting again after {quiet_s:g} s of silence "
-            f"(reported silent at {format_ts(silent['at'])})")))
+            f"(reported silent at {format_ts(silent['at'])})"))
 
     def observe(self, reading: Reading, latest: Mapping[str, float | None]) -> None:
         """Judge each metric of ``reading`` against its baseline, and the fault rules
@@ -94,7 +97,7 @@ class Judgement:
             if record["through"] == reading.ts:
                 self._dirty[key] = None
             for finding in findings:
-                self.events.append(event(reading.sensor_id, metric, reading.ts, value, finding))
+                self._raise(reading.sensor_id, metric, reading.ts, value, finding)
         for rule in self.faults:
             key = f"{FAULT}{reading.sensor_id}|{rule.name}"
             record = self._record(key, {"through": None, "cool": {}})
@@ -105,7 +108,14 @@ class Judgement:
             reason = rule.check(latest)
             found = [Finding(f"fault:{rule.name}", "high", reason)] if reason else []
             for finding in baseline.cool(record, reading.ts, found, self.rules):
-                self.events.append(event(reading.sensor_id, None, reading.ts, None, finding))
+                self._raise(reading.sensor_id, None, reading.ts, None, finding)
+
+    def _raise(self, sensor_id: str, metric: str | None, ts: int, value: float | None,
+               finding: Finding) -> None:
+        self.events.append(event(sensor_id, metric, ts, value, finding))
+        if self.days is not None:
+            self.days.anomaly(sensor_id, metric, ts, finding.detector, finding.severity,
+                              finding.suppressed, finding.summary)
 
     def write(self) -> None:
         for anomaly in self.events:

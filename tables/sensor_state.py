@@ -62,3 +62,9 @@ def local_prefixed(table: Collection, prefix: str) -> Iterator[tuple[str, bytes]
             if not text.startswith(prefix):
                 break
             yield text, value
+
+
+def local_partitions(table: Collection) -> list[int]:
+    """The partitions of ``table`` this worker serves (actives)."""
+    topic = table.changelog_topic_name  # type: ignore[attr-defined]
+    return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)

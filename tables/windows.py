@@ -27,7 +27,7 @@ import heapq
 import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -35,6 +35,9 @@ from app.contract import Reading, Source, format_ts
 from app.settings import WindowSize
 from tables import latest, stats
 from tables.stats import Sketching
+
+if TYPE_CHECKING:
+    from tables.daily import Days
 
 OPEN = "~open|"
 INTERVAL = "~interval|"
@@ -81,8 +84,8 @@ class Windows:
     def start_of(self, size: WindowSize, ts: int) -> int:
         return ts // size.us * size.seconds
 
-    def batch(self, store: Store, partition: int) -> Batch:
-        return Batch(self, store, partition)
+    def batch(self, store: Store, partition: int, days: Days | None = None) -> Batch:
+        return Batch(self, store, partition, days)
 
 
 @dataclass
@@ -113,6 +116,7 @@ class Batch:
     windows: Windows
     store: Store
     partition: int
+    days: Days | None = None  #: per-sensor daily quality counts (tables.daily), if kept
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     late: list[Late] = field(default_factory=list)
     sealed: list[Sealed] = field(default_factory=list)
@@ -182,6 +186,9 @@ class Batch:
                 fresh[metric] = value
         if known:
             self._count(topic, "duplicate", len(known))
+            if self.days is not None:
+                for metric in known:
+                    self.days.rejected(reading.sensor_id, reading.ts, metric, "duplicate")
         if late:
             because = (f"the watermark of {src} passed its end" if passed else
                        f"the watermarks of the input partitions that fed it "
@@ -201,6 +208,9 @@ class Batch:
             missing = sum(1 for v in fresh.values() if v is None)
             if missing:
                 self._count(topic, "missing", missing)
+            if self.days is not None:
+                for metric, value in fresh.items():
+                    self.days.accepted(reading.sensor_id, reading.ts, metric, value)
         if fresh or known:
             # Latest values are idempotent: a duplicate may repair what a crash lost.
             self._merge_latest(reading, {**known, **fresh})
@@ -260,6 +270,9 @@ class Batch:
     def _late(self, reading: Reading, source: Source, values: dict[str, float | None],
               reason: str, message: str) -> None:
         self._count(source.topic, f"late:{reason}", len(values))
+        if self.days is not None:
+            for metric in values:
+                self.days.rejected(reading.sensor_id, reading.ts, metric, "late")
         self.late.append(Late(reading, source, values, reason, message))
 
     @property

@@ -318,14 +318,22 @@ def test_hand_over_batches_respect_count_and_size():
     assert [r.sensor_id for r in back] == [f"s{i}" for i in range(50)]
     assert [decode_batch(v)[1] for v in values] == [{}] * (len(values) - 1) + [{"in:0": TS}]
     assert [decode_batch(v) for v in encode_batches([], watermarks={"in:1": 5})] == [
-        ([], {"in:1": 5})]
+        ([], {"in:1": 5}, {})]
     assert list(encode_batches([])) == []
+
+
+def test_dead_letter_counts_travel_with_the_last_hand_over():
+    items = [(Reading(f"s{i}", TS, {"t": 1.0}, {}), Source("in", 0, i), NOW) for i in range(5)]
+    values = list(encode_batches(items, max_readings=2, dead_letters={"s1": 2, "": 1}))
+    assert [decode_batch(v).dead_letters for v in values] == [{}, {}, {"s1": 2, "": 1}]
+    alone = list(encode_batches([], dead_letters={"s9": 1}))
+    assert [decode_batch(v) for v in alone] == [([], {}, {"s9": 1})]
 
 
 def test_hand_over_batch_round_trips():
     items = [(Reading("s", TS, {"t": 1.5, "h": None}, {"a": [1]}), Source("in", 1, 2), NOW)]
     back = decode_batch(encode_batch(items))
-    assert back == ([(items[0][0], Source("in", 1, 2), NOW)], {})
+    assert back == ([(items[0][0], Source("in", 1, 2), NOW)], {}, {})
 
 
 # -- properties -------------------------------------------------------------------------------

@@ -1,0 +1,236 @@
+"""Data quality and the daily summary, from the day records (tables.daily):
+
+- ``/quality``: the fleet's figures for one UTC day, from every worker;
+- ``/sensors/{sensor_id}/quality``: one sensor's, routed to the worker that owns it;
+- ``/sensors/{sensor_id}/daily``: per day, the 1-day aggregate next to the day's
+  anomaly counts by severity and its quality;
+- the same figures on ``/metrics`` (a collector that reads them at scrape time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from faust import web
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from app.contract import format_ts, now_us
+from app.main import app, settings
+from app.topics import sensor_partition
+from tables import daily
+from tables.anomalies import SILENT
+from tables.daily import DAY_S, UNATTRIBUTED, day_key, day_of
+from tables.sensor_state import local_get, local_partitions, local_prefixed, state
+from tables.stats import Sketching
+from tables.windows import INTERVAL, LATEST, PART, describe, typical_interval, window_key
+from web.aggregates import BadRequest, bad_request
+from web.group import gather
+
+DAY_WINDOW = next((size for size in settings.windows if size.seconds == DAY_S), None)
+MAX_DAYS = 366
+DEFAULT_DAYS = 7
+sketching = Sketching(settings.sketch_accuracy)
+
+
+def _get(partition: int, key: str) -> Any:
+    raw = local_get(state, partition, key)
+    return orjson.loads(raw) if raw is not None else None
+
+
+def _clock(partition: int) -> int:
+    """The partition's event time, never past the wall clock (as silence is judged)."""
+    part = _get(partition, f"{PART}{partition}")
+    now = now_us()
+    return min(part["newest"], now) if part and part["newest"] else now
+
+
+def _day(text: str | None) -> int | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise BadRequest(f"date={text!r} is not a day: use YYYY-MM-DD (UTC)") from None
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+
+
+def _day_text(day_s: int) -> str:
+    return datetime.fromtimestamp(day_s, UTC).date().isoformat()
+
+
+def quality(sensor_id: str, partition: int, day_s: int, latest: dict[str, Any]) -> dict[str, Any]:
+    """One sensor's quality on one UTC day."""
+    record = _get(partition, day_key(day_s, sensor_id))
+    started = _get(partition, day_key(day_s - DAY_S, sensor_id)) is None
+    clock = _clock(partition)
+    tracker = _get(partition, INTERVAL + sensor_id)
+    interval = typical_interval(tracker["gaps"]) if tracker else None
+    by_metric = daily.completeness(record, interval, daily.span(day_s, record, started, clock))
+    counts = daily.counts(record)
+    last_seen = latest["last_seen"]
+    return {
+        "sensor_id": sensor_id, "date": _day_text(day_s), "last_seen": format_ts(last_seen),
+        "freshness_s": round((now_us() - last_seen) / 1e6, 3),
+        "event_time_lag_s": round(max(0, clock - last_seen) / 1e6, 3),
+        "typical_interval_s": interval / 1e6 if interval else None,
+        "silent": _get(partition, SILENT + sensor_id) is not None,
+        "completeness_pct": daily.mean(by_metric.values()),
+        "completeness_by_metric": by_metric,
+        "counts": counts, "rates": daily.rates(counts),
+    }
+
+
+def _local(day_s: int) -> list[dict[str, Any]]:
+    found = [quality(key[len(LATEST):], sensor_partition(key[len(LATEST):]), day_s,
+                     orjson.loads(value)) for key, value in local_prefixed(state, LATEST)]
+    for partition in local_partitions(state):
+        record = _get(partition, day_key(day_s, UNATTRIBUTED))
+        if record is not None:
+            found.append({"sensor_id": None, "date": _day_text(day_s),
+                          "counts": daily.counts(record)})
+    return found
+
+
+def _default_day() -> int:
+    """The day the newest of this worker's partitions is in (event time, never past the
+    wall clock): today for a live fleet, the replayed day for a replay."""
+    clocks = [_clock(p) for p in local_partitions(state)]
+    return day_of(max(clocks) if clocks else now_us())
+
+
+@app.page("/quality")
+async def fleet_quality(self: web.View, request: web.Request) -> web.Response:
+    """The fleet's data quality on one UTC day (``date``, default: the current one)."""
+    try:
+        day_s = _day(request.query.get("date"))
+    except BadRequest as exc:
+        return bad_request(self, exc)
+    day_s = _default_day() if day_s is None else day_s
+    scope = request.query.get("scope", "group")
+    if scope not in ("group", "local"):
+        return bad_request(self, BadRequest(f"scope must be 'group' (default) or 'local', "
+                                            f"not {scope!r}"))
+    found, unreachable = _local(day_s), []
+    if scope == "local":
+        return self.json({"sensors": found})
+    found, unreachable = await gather(
+        found, f"/quality?{urlencode({'date': _day_text(day_s)})}", "sensors")
+    body = {"date": _day_text(day_s), **daily.fleet(found)}
+    if unreachable:
+        body["unreachable_workers"] = unreachable
+    return self.json(body)
+
+
+@app.page("/sensors/{sensor_id}/quality")
+@app.table_route(table=state, match_info="sensor_id")
+async def sensor_quality(self: web.View, request: web.Request, sensor_id: str) -> web.Response:
+    """One sensor's data quality on one UTC day (``date``, default: the current one)."""
+    partition = sensor_partition(sensor_id)
+    latest = _get(partition, LATEST + sensor_id)
+    if latest is None:
+        return self.json({"error": f"unknown sensor {sensor_id!r}"}, status=404)
+    try:
+        day_s = _day(request.query.get("date"))
+    except BadRequest as exc:
+        return bad_request(self, exc)
+    day_s = day_of(_clock(partition)) if day_s is None else day_s
+    return self.json(quality(sensor_id, partition, day_s, latest))
+
+
+@app.page("/sensors/{sensor_id}/daily")
+@app.table_route(table=state, match_info="sensor_id")
+async def sensor_daily(self: web.View, request: web.Request, sensor_id: str) -> web.Response:
+    """Per UTC day from ``since`` to ``until`` (default: the last 7 of the sensor's days):
+    the 1-day aggregate, the anomalies by severity and detector, and the data quality."""
+    partition = sensor_partition(sensor_id)
+    latest = _get(partition, LATEST + sensor_id)
+    if latest is None:
+        return self.json({"error": f"unknown sensor {sensor_id!r}"}, status=404)
+    try:
+        until = _day(request.query.get("until"))
+        until = day_of(max(latest["last_seen"], _clock(partition))) if until is None else until
+        since = _day(request.query.get("since"))
+        since = until - (DEFAULT_DAYS - 1) * DAY_S if since is None else since
+        if since > until:
+            raise BadRequest("since must not be after until")
+        if (until - since) // DAY_S + 1 > MAX_DAYS:
+            raise BadRequest(f"at most {MAX_DAYS} days per request: narrow since/until")
+    except BadRequest as exc:
+        return bad_request(self, exc)
+    days = []
+    for day_s in range(since, until + 1, DAY_S):
+        record = _get(partition, day_key(day_s, sensor_id))
+        window = (_get(partition, window_key(DAY_WINDOW, day_s, sensor_id))
+                  if DAY_WINDOW is not None else None)
+        if record is None and window is None:
+            continue
+        days.append({
+            "date": _day_text(day_s),
+            "aggregate": describe(DAY_WINDOW, day_s, window, sketching,
+                                  newest_us=_clock(partition)) if window else None,
+            "anomalies": daily.anomalies(record),
+            "quality": quality(sensor_id, partition, day_s, latest),
+        })
+    return self.json({"sensor_id": sensor_id, "since": _day_text(since),
+                      "until": _day_text(until), "count": len(days), "days": days})
+
+
+class QualityCollector(Collector):
+    """``/metrics``: this worker's share of the fleet's quality figures on the current
+    day, and per sensor up to ``SENSORSTREAM_QUALITY_METRICS_SENSORS`` sensors."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if not app.started or app.consumer is None or not app.tables.recovery.completed.is_set():
+            return
+        entries = _local(_default_day())
+        totals = daily.fleet(entries)
+        readings = GaugeMetricFamily(
+            "sensorstream_quality_readings",
+            "Readings of the current UTC day on this worker's sensors, by kind", labels=["kind"])
+        for kind, n in totals["counts"].items():
+            readings.add_metric([kind], n)
+        yield readings
+        yield GaugeMetricFamily("sensorstream_quality_sensors",
+                                "Sensors this worker owns", value=totals["sensors"])
+        yield GaugeMetricFamily("sensorstream_quality_silent_sensors",
+                                "Sensors of this worker reported silent", value=totals["silent"])
+        if totals["completeness_pct"] is not None:
+            yield GaugeMetricFamily(
+                "sensorstream_quality_completeness_percent",
+                "Mean completeness of this worker's sensors on the current UTC day",
+                value=totals["completeness_pct"])
+        if totals["freshness_s"]["max"] is not None:
+            yield GaugeMetricFamily(
+                "sensorstream_quality_freshness_max_seconds",
+                "Seconds since the last reading of this worker's stalest sensor",
+                value=totals["freshness_s"]["max"])
+        sensors = [e for e in entries if e["sensor_id"] is not None]
+        if not sensors or len(sensors) > settings.quality_metrics_sensors:
+            return
+        completeness = GaugeMetricFamily(
+            "sensorstream_sensor_completeness_percent",
+            "Readings received over readings expected on the current UTC day", labels=["sensor_id"])
+        freshness = GaugeMetricFamily(
+            "sensorstream_sensor_freshness_seconds", "Seconds since the sensor's last reading",
+            labels=["sensor_id"])
+        rate = GaugeMetricFamily(
+            "sensorstream_sensor_quality_rate",
+            "Fraction of the sensor's readings of the current UTC day, by kind",
+            labels=["sensor_id", "kind"])
+        for entry in sensors:
+            if entry["completeness_pct"] is not None:
+                completeness.add_metric([entry["sensor_id"]], entry["completeness_pct"])
+            freshness.add_metric([entry["sensor_id"]], entry["freshness_s"])
+            for kind, value in entry["rates"].items():
+                if value is not None:
+                    rate.add_metric([entry["sensor_id"], kind], value)
+        yield from (completeness, freshness, rate)
+
+
+REGISTRY.register(QualityCollector())
