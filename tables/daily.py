@@ -181,6 +181,7 @@ def fleet(entries: list[dict[str, Any]], worst: int = 10) -> dict[str, Any]:
     known = sorted((e for e in sensors if e["completeness_pct"] is not None),
                    key=lambda e: (e["completeness_pct"], e["sensor_id"]))
     freshness = sorted(e["freshness_s"] for e in sensors)
+    lag = sorted(e["event_time_lag_s"] for e in sensors)
     return {
         "sensors": len(sensors),
         "silent": sum(1 for e in sensors if e["silent"]),
@@ -188,6 +189,8 @@ def fleet(entries: list[dict[str, Any]], worst: int = 10) -> dict[str, Any]:
         "completeness_min_pct": known[0]["completeness_pct"] if known else None,
         "freshness_s": {"p50": freshness[len(freshness) // 2] if freshness else None,
                         "max": freshness[-1] if freshness else None},
+        "event_time_lag_s": {"p50": lag[len(lag) // 2] if lag else None,
+                             "max": lag[-1] if lag else None},
         "counts": totals,
         "rates": rates(totals),
         "least_complete": [{k: e[k] for k in ("sensor_id", "completeness_pct", "freshness_s")}

@@ -81,6 +81,9 @@ async def test_demo_runs_and_stops_what_it_started(tmp_path):
             return body["anomalies"]
         found = await eventually(anomalies, "anomalies at /anomalies", deadline=120)
         assert all(a["detector"] and a["reason"] for a in found)
+        status, quality = http_get(f"{url}/quality")
+        assert status == 200 and quality["sensors"] == 54, quality
+        assert quality["counts"]["accepted"] > 0 and quality["freshness_s"]["p50"] > 0
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(60)

@@ -113,3 +113,20 @@ def test_completeness_covers_the_part_of_the_day_the_sensor_could_report_in():
     assert so_far == 6 * 3600 * 1_000_000
     assert daily.completeness(rec, None, whole) == {}
     assert daily.mean([50.0, None, 100.0]) == 75.0 and daily.mean([None]) is None
+
+
+def test_the_fleet_sums_counts_and_ranks_the_least_complete_sensors():
+    def entry(sensor, completeness, received, late):
+        totals = {**dict.fromkeys((*daily.KINDS, "dead_letter"), 0), "received": received,
+                  "accepted": received - late, "late": late}
+        return {"sensor_id": sensor, "completeness_pct": completeness, "freshness_s": 5.0,
+                "event_time_lag_s": 1.0, "silent": sensor == "b", "counts": totals}
+    unattributed = {"sensor_id": None, "counts": {
+        **dict.fromkeys((*daily.KINDS, "received"), 0), "dead_letter": 3, "received": 3}}
+    fleet = daily.fleet([entry("a", 90.0, 10, 1), entry("b", 40.0, 7, 0),
+                         entry("c", None, 0, 0), unattributed])
+    assert fleet["sensors"] == 3 and fleet["silent"] == 1
+    assert fleet["completeness_pct"] == 65.0 and fleet["completeness_min_pct"] == 40.0
+    assert [e["sensor_id"] for e in fleet["least_complete"]] == ["b", "a"]
+    assert fleet["counts"]["received"] == 20 and fleet["counts"]["dead_letter"] == 3
+    assert fleet["rates"]["late"] == 0.05 and fleet["rates"]["dead_letter"] == 0.15
