@@ -8,34 +8,20 @@ from typing import Any
 import orjson
 from faust import web
 
-from app.contract import format_ts, normalise_metric, parse_time
+from app.contract import format_ts, normalise_metric
 from app.main import app, settings
 from app.topics import sensor_partition
 from tables import locations as location_windows
 from tables.sensor_state import local_get, locations, state
 from tables.stats import Sketching
 from tables.windows import INTERVAL, LATEST, PART, describe, typical_interval, window_key
+from web.params import BadRequest, bad_request, query_time, unknown_sensor
 
 MAX_WINDOWS = 10_000
 DEFAULT_WINDOWS = 60
 SIZES = {size.label: size for size in settings.windows}
 LATENESS_S = settings.allowed_lateness
 sketching = Sketching(settings.sketch_accuracy)
-
-
-class BadRequest(ValueError):
-    """A query parameter the view cannot use; the message says why."""
-
-
-def query_time(request: web.Request, name: str) -> int | None:
-    text = request.query.get(name)
-    if text is None or not text.strip():
-        return None
-    ts = parse_time(text)
-    if ts is None:
-        raise BadRequest(f"{name}={text!r} is not a time: use ISO 8601 "
-                         "(2026-11-22T10:00:00Z) or epoch seconds/ms/us/ns")
-    return ts
 
 
 def _range(request: web.Request, size_s: int, default_until: int) -> tuple[int, int]:
@@ -73,10 +59,6 @@ def _window(request: web.Request, allowed: dict[str, Any], default: str) -> str:
     return label
 
 
-def bad_request(view: web.View, exc: BadRequest) -> web.Response:
-    return view.json({"error": str(exc)}, status=400)
-
-
 @app.page("/sensors/{sensor_id}/aggregates")
 @app.table_route(table=state, match_info="sensor_id")
 async def sensor_aggregates(self: web.View, request: web.Request,
@@ -85,7 +67,7 @@ async def sensor_aggregates(self: web.View, request: web.Request,
     partition = sensor_partition(sensor_id)
     raw = local_get(state, partition, LATEST + sensor_id)
     if raw is None:
-        return self.json({"error": f"unknown sensor {sensor_id!r}"}, status=404)
+        return unknown_sensor(self, sensor_id)
     record = orjson.loads(raw)
     try:
         label = _window(request, SIZES, settings.windows[0].label)

@@ -17,8 +17,8 @@ from tables import baseline
 from tables.anomalies import BASE, RECENT, recent_start
 from tables.sensor_state import local_get, local_keys, local_prefixed, state
 from tables.windows import LATEST
-from web.aggregates import BadRequest, bad_request, query_time
 from web.group import gather
+from web.params import BadRequest, bad_request, query_time, scope, unknown_sensor
 
 SEVERITIES = ("low", "medium", "high")
 DEFAULT_LIMIT = 100
@@ -65,14 +65,11 @@ async def list_anomalies(self: web.View, request: web.Request) -> web.Response:
     and above), ``since`` and ``limit`` (default 100) narrow them."""
     try:
         filters = _filters(request)
+        where = scope(request)
     except BadRequest as exc:
         return bad_request(self, exc)
-    scope = request.query.get("scope", "group")
-    if scope not in ("group", "local"):
-        return bad_request(self, BadRequest(f"scope must be 'group' (default) or 'local', "
-                                     f"not {scope!r}"))
     found, unreachable = _local(filters), []
-    if scope == "group":
+    if where == "group":
         query = {k: v for k, v in request.query.items() if k != "scope"}
         found, unreachable = await gather(found, f"/anomalies?{urlencode(query)}", "anomalies")
     found.sort(key=lambda a: (a["ts"], a["sensor_id"], a["metric"] or "", a["detector"]),
@@ -108,7 +105,7 @@ def describe(metric: str, record: dict[str, Any]) -> dict[str, Any]:
 async def get_baselines(self: web.View, request: web.Request, sensor_id: str) -> web.Response:
     partition = sensor_partition(sensor_id)
     if local_get(state, partition, LATEST + sensor_id) is None:
-        return self.json({"error": f"unknown sensor {sensor_id!r}"}, status=404)
+        return unknown_sensor(self, sensor_id)
     prefix = f"{BASE}{sensor_id}|"
     metrics = []
     for key in local_keys(state, partition, prefix):

@@ -29,8 +29,8 @@ from tables.daily import DAY_S, UNATTRIBUTED, day_key, day_of
 from tables.sensor_state import local_get, local_partitions, local_prefixed, state
 from tables.stats import Sketching
 from tables.windows import INTERVAL, LATEST, PART, describe, typical_interval, window_key
-from web.aggregates import BadRequest, bad_request
 from web.group import gather
+from web.params import BadRequest, bad_request, scope, unknown_sensor
 
 DAY_WINDOW = next((size for size in settings.windows if size.seconds == DAY_S), None)
 MAX_DAYS = 366
@@ -109,15 +109,12 @@ async def fleet_quality(self: web.View, request: web.Request) -> web.Response:
     """The fleet's data quality on one UTC day (``date``, default: the current one)."""
     try:
         day_s = _day(request.query.get("date"))
+        where = scope(request)
     except BadRequest as exc:
         return bad_request(self, exc)
     day_s = _default_day() if day_s is None else day_s
-    scope = request.query.get("scope", "group")
-    if scope not in ("group", "local"):
-        return bad_request(self, BadRequest(f"scope must be 'group' (default) or 'local', "
-                                            f"not {scope!r}"))
-    found, unreachable = _local(day_s), []
-    if scope == "local":
+    found = _local(day_s)
+    if where == "local":
         return self.json({"sensors": found})
     found, unreachable = await gather(
         found, f"/quality?{urlencode({'date': _day_text(day_s)})}", "sensors")
@@ -134,7 +131,7 @@ async def sensor_quality(self: web.View, request: web.Request, sensor_id: str) -
     partition = sensor_partition(sensor_id)
     latest = _get(partition, LATEST + sensor_id)
     if latest is None:
-        return self.json({"error": f"unknown sensor {sensor_id!r}"}, status=404)
+        return unknown_sensor(self, sensor_id)
     try:
         day_s = _day(request.query.get("date"))
     except BadRequest as exc:
@@ -151,7 +148,7 @@ async def sensor_daily(self: web.View, request: web.Request, sensor_id: str) -> 
     partition = sensor_partition(sensor_id)
     latest = _get(partition, LATEST + sensor_id)
     if latest is None:
-        return self.json({"error": f"unknown sensor {sensor_id!r}"}, status=404)
+        return unknown_sensor(self, sensor_id)
     try:
         until = _day(request.query.get("until"))
         until = day_of(max(latest["last_seen"], _clock(partition))) if until is None else until

@@ -13,6 +13,7 @@ from tables import latest
 from tables.sensor_state import local_get, local_prefixed, state
 from tables.windows import LATEST
 from web.group import gather
+from web.params import BadRequest, bad_request, scope, unknown_sensor
 
 
 def _local() -> list[dict[str, Any]]:
@@ -23,12 +24,12 @@ def _local() -> list[dict[str, Any]]:
 @app.page("/sensors")
 async def list_sensors(self: web.View, request: web.Request) -> web.Response:
     """Every known sensor with its last-seen time; asks the other workers for theirs."""
-    scope = request.query.get("scope", "group")
-    if scope not in ("group", "local"):
-        return self.json({"error": f"scope must be 'group' (default) or 'local', not {scope!r}"},
-                         status=400)
+    try:
+        where = scope(request)
+    except BadRequest as exc:
+        return bad_request(self, exc)
     found, unreachable = _local(), []
-    if scope == "group":
+    if where == "group":
         found, unreachable = await gather(found, "/sensors", "sensors")
     found.sort(key=lambda s: s["sensor_id"])
     body: dict[str, Any] = {"count": len(found), "sensors": found}
@@ -42,5 +43,5 @@ async def list_sensors(self: web.View, request: web.Request) -> web.Response:
 async def get_sensor(self: web.View, request: web.Request, sensor_id: str) -> web.Response:
     raw = local_get(state, sensor_partition(sensor_id), LATEST + sensor_id)
     if raw is None:
-        return self.json({"error": f"unknown sensor {sensor_id!r}"}, status=404)
+        return unknown_sensor(self, sensor_id)
     return self.json(latest.detail(sensor_id, orjson.loads(raw)))
