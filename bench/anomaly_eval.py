@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from app.contract import Contract, parse_time
+from app.contract import Contract, format_ts, parse_time
 from app.inject import KINDS, Label
 from app.settings import load
 from app.simulator import INTERVAL_S, Plan, messages
@@ -149,7 +149,7 @@ def score(labels: list[Label], events: list[dict], grace_us: int) -> dict[str, d
     for kind in KINDS:
         detectors = DETECTORS[kind]
         mine = [lb for lb in labels if lb.kind == kind]
-        latencies, found = [], 0
+        latencies, found, missed = [], 0, []
         for label in mine:
             hits = [ts for ts, e in timed if e["sensor_id"] == label.sensor_id
                     and e["detector"] in detectors
@@ -158,6 +158,9 @@ def score(labels: list[Label], events: list[dict], grace_us: int) -> dict[str, d
             if hits:
                 found += 1
                 latencies.append((min(hits) - label.start) / 1e6)
+            else:
+                metric = f" {label.metric}" if label.metric else ""
+                missed.append(f"sensor {label.sensor_id}{metric} from {format_ts(label.start)}")
         predicted = [(ts, e) for ts, e in timed if e["detector"] in detectors]
         right = sum(1 for ts, e in predicted
                     if any(lb.start <= ts <= lb.end + grace_us
@@ -168,7 +171,8 @@ def score(labels: list[Label], events: list[dict], grace_us: int) -> dict[str, d
               if precision and recall else None)
         table[kind] = {"labels": len(mine), "events": len(predicted), "precision": precision,
                        "recall": recall, "f1": f1,
-                       "latency_p50_s": statistics.median(latencies) if latencies else None}
+                       "latency_p50_s": statistics.median(latencies) if latencies else None,
+                       "missed": missed}
     return table
 
 
@@ -237,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     table = score(labels, events, int(args.grace * 1e6))
     print(markdown(table))
+    for kind, row in table.items():
+        for miss in row["missed"]:
+            print(f"missed {kind}: {miss}")
     print("events by detector and metric:", dict(Counter(
         f"{e['detector']}:{e['metric']}" for e in events if not e["summary"])))
     if replayed is not None:
