@@ -17,7 +17,7 @@ from tables import baseline
 from tables.anomalies import BASE, RECENT, recent_start
 from tables.sensor_state import local_get, local_keys, local_prefixed, state
 from tables.windows import LATEST
-from web.group import gather
+from web.group import answer, gather
 from web.params import BadRequest, bad_request, query_time, scope, unknown_sensor
 
 SEVERITIES = ("low", "medium", "high")
@@ -74,11 +74,8 @@ async def list_anomalies(self: web.View, request: web.Request) -> web.Response:
         found, unreachable = await gather(found, f"/anomalies?{urlencode(query)}", "anomalies")
     found.sort(key=lambda a: (a["ts"], a["sensor_id"], a["metric"] or "", a["detector"]),
                reverse=True)
-    body: dict[str, Any] = {"count": min(len(found), filters["limit"]),
-                            "anomalies": found[:filters["limit"]]}
-    if unreachable:
-        body["unreachable_workers"] = unreachable
-    return self.json(body)
+    return self.json(answer({"count": min(len(found), filters["limit"]),
+                             "anomalies": found[:filters["limit"]]}, unreachable))
 
 
 def describe(metric: str, record: dict[str, Any]) -> dict[str, Any]:

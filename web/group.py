@@ -31,3 +31,8 @@ async def gather(local: list[dict[str, Any]], path: str,
         else:
             found.extend(result)
     return found, unreachable
+
+
+def answer(body: dict[str, Any], unreachable: list[str]) -> dict[str, Any]:
+    """``body``, naming the workers that did not answer, if any."""
+    return {**body, "unreachable_workers": unreachable} if unreachable else body

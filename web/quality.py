@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -29,7 +30,7 @@ from tables.daily import DAY_S, UNATTRIBUTED, day_key, day_of
 from tables.sensor_state import local_get, local_partitions, local_prefixed, state
 from tables.stats import Sketching
 from tables.windows import INTERVAL, LATEST, PART, describe, typical_interval, window_key
-from web.group import gather
+from web.group import answer, gather
 from web.params import BadRequest, bad_request, scope, unknown_sensor
 
 DAY_WINDOW = next((size for size in settings.windows if size.seconds == DAY_S), None)
@@ -64,22 +65,40 @@ def _day_text(day_s: int) -> str:
     return datetime.fromtimestamp(day_s, UTC).date().isoformat()
 
 
-def quality(sensor_id: str, partition: int, day_s: int, latest: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Sensor:
+    """What every day of one sensor's quality reads: read once per request."""
+
+    sensor_id: str
+    partition: int
+    last_seen: int
+    clock: int  #: its partition's event time (``_clock``)
+    interval: int | None
+    silent: bool
+
+    @classmethod
+    def read(cls, sensor_id: str, latest: dict[str, Any], clock: int) -> Sensor:
+        partition = sensor_partition(sensor_id)
+        tracker = _get(partition, INTERVAL + sensor_id)
+        return cls(sensor_id, partition, latest["last_seen"], clock,
+                   typical_interval(tracker["gaps"]) if tracker else None,
+                   _get(partition, SILENT + sensor_id) is not None)
+
+
+def quality(sensor: Sensor, day_s: int) -> dict[str, Any]:
     """One sensor's quality on one UTC day."""
+    partition, sensor_id, interval = sensor.partition, sensor.sensor_id, sensor.interval
     record = _get(partition, day_key(day_s, sensor_id))
     started = _get(partition, day_key(day_s - DAY_S, sensor_id)) is None
-    clock = _clock(partition)
-    tracker = _get(partition, INTERVAL + sensor_id)
-    interval = typical_interval(tracker["gaps"]) if tracker else None
-    by_metric = daily.completeness(record, interval, daily.span(day_s, record, started, clock))
+    span = daily.span(day_s, record, started, sensor.clock)
+    by_metric = daily.completeness(record, interval, span)
     counts = daily.counts(record)
-    last_seen = latest["last_seen"]
     return {
-        "sensor_id": sensor_id, "date": _day_text(day_s), "last_seen": format_ts(last_seen),
-        "freshness_s": round((now_us() - last_seen) / 1e6, 3),
-        "event_time_lag_s": round(max(0, clock - last_seen) / 1e6, 3),
+        "sensor_id": sensor_id, "date": _day_text(day_s), "last_seen": format_ts(sensor.last_seen),
+        "freshness_s": round((now_us() - sensor.last_seen) / 1e6, 3),
+        "event_time_lag_s": round(max(0, sensor.clock - sensor.last_seen) / 1e6, 3),
         "typical_interval_s": interval / 1e6 if interval else None,
-        "silent": _get(partition, SILENT + sensor_id) is not None,
+        "silent": sensor.silent,
         "completeness_pct": daily.mean(by_metric.values()),
         "completeness_by_metric": by_metric,
         "counts": counts, "rates": daily.rates(counts),
@@ -87,9 +106,13 @@ def quality(sensor_id: str, partition: int, day_s: int, latest: dict[str, Any]) 
 
 
 def _local(day_s: int) -> list[dict[str, Any]]:
-    found = [quality(key[len(LATEST):], sensor_partition(key[len(LATEST):]), day_s,
-                     orjson.loads(value)) for key, value in local_prefixed(state, LATEST)]
-    for partition in local_partitions(state):
+    clocks = {partition: _clock(partition) for partition in local_partitions(state)}
+    found = []
+    for key, value in local_prefixed(state, LATEST):
+        sensor_id = key[len(LATEST):]
+        sensor = Sensor.read(sensor_id, orjson.loads(value), clocks[sensor_partition(sensor_id)])
+        found.append(quality(sensor, day_s))
+    for partition in clocks:
         record = _get(partition, day_key(day_s, UNATTRIBUTED))
         if record is not None:
             found.append({"sensor_id": None, "date": _day_text(day_s),
@@ -100,8 +123,7 @@ def _local(day_s: int) -> list[dict[str, Any]]:
 def _default_day() -> int:
     """The day the newest of this worker's partitions is in (event time, never past the
     wall clock): today for a live fleet, the replayed day for a replay."""
-    clocks = [_clock(p) for p in local_partitions(state)]
-    return day_of(max(clocks) if clocks else now_us())
+    return day_of(max((_clock(p) for p in local_partitions(state)), default=now_us()))
 
 
 @app.page("/quality")
@@ -118,10 +140,7 @@ async def fleet_quality(self: web.View, request: web.Request) -> web.Response:
         return self.json({"sensors": found})
     found, unreachable = await gather(
         found, f"/quality?{urlencode({'date': _day_text(day_s)})}", "sensors")
-    body = {"date": _day_text(day_s), **daily.fleet(found)}
-    if unreachable:
-        body["unreachable_workers"] = unreachable
-    return self.json(body)
+    return self.json(answer({"date": _day_text(day_s), **daily.fleet(found)}, unreachable))
 
 
 @app.page("/sensors/{sensor_id}/quality")
@@ -136,8 +155,9 @@ async def sensor_quality(self: web.View, request: web.Request, sensor_id: str) -
         day_s = _day(request.query.get("date"))
     except BadRequest as exc:
         return bad_request(self, exc)
-    day_s = day_of(_clock(partition)) if day_s is None else day_s
-    return self.json(quality(sensor_id, partition, day_s, latest))
+    sensor = Sensor.read(sensor_id, latest, _clock(partition))
+    day_s = day_of(sensor.clock) if day_s is None else day_s
+    return self.json(quality(sensor, day_s))
 
 
 @app.page("/sensors/{sensor_id}/daily")
@@ -149,9 +169,10 @@ async def sensor_daily(self: web.View, request: web.Request, sensor_id: str) -> 
     latest = _get(partition, LATEST + sensor_id)
     if latest is None:
         return unknown_sensor(self, sensor_id)
+    sensor = Sensor.read(sensor_id, latest, _clock(partition))
     try:
         until = _day(request.query.get("until"))
-        until = day_of(max(latest["last_seen"], _clock(partition))) if until is None else until
+        until = day_of(max(sensor.last_seen, sensor.clock)) if until is None else until
         since = _day(request.query.get("since"))
         since = until - (DEFAULT_DAYS - 1) * DAY_S if since is None else since
         if since > until:
@@ -170,9 +191,9 @@ async def sensor_daily(self: web.View, request: web.Request, sensor_id: str) -> 
         days.append({
             "date": _day_text(day_s),
             "aggregate": describe(DAY_WINDOW, day_s, window, sketching,
-                                  newest_us=_clock(partition)) if window else None,
+                                  newest_us=sensor.clock) if window else None,
             "anomalies": daily.anomalies(record),
-            "quality": quality(sensor_id, partition, day_s, latest),
+            "quality": quality(sensor, day_s),
         })
     return self.json({"sensor_id": sensor_id, "since": _day_text(since),
                       "until": _day_text(until), "count": len(days), "days": days})

@@ -12,7 +12,7 @@ from app.topics import sensor_partition
 from tables import latest
 from tables.sensor_state import local_get, local_prefixed, state
 from tables.windows import LATEST
-from web.group import gather
+from web.group import answer, gather
 from web.params import BadRequest, bad_request, scope, unknown_sensor
 
 
@@ -32,10 +32,7 @@ async def list_sensors(self: web.View, request: web.Request) -> web.Response:
     if where == "group":
         found, unreachable = await gather(found, "/sensors", "sensors")
     found.sort(key=lambda s: s["sensor_id"])
-    body: dict[str, Any] = {"count": len(found), "sensors": found}
-    if unreachable:
-        body["unreachable_workers"] = unreachable
-    return self.json(body)
+    return self.json(answer({"count": len(found), "sensors": found}, unreachable))
 
 
 @app.page("/sensors/{sensor_id}")
