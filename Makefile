@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STACK_DIR := $(or $(SENSORSTREAM_STACK_DIR),.stack)
 
-.PHONY: setup demo test lint stack stack-down worker simulate bench anomaly-eval clean
+.PHONY: setup demo test lint stack stack-down worker simulate bench anomaly-eval anomaly-latency clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ bench: setup
 ## Precision, recall and latency of the anomaly detectors per injected class, on a stack of its own.
 anomaly-eval: setup
 	$(BIN)/python -m bench.anomaly_eval --stack $(ARGS)
+
+## Wall-clock delay from a faulty reading to its event at /anomalies, on a stack of its own.
+anomaly-latency: setup
+	$(BIN)/python -m bench.anomaly_latency $(ARGS)
 
 clean: stack-down
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis *.egg-info
