@@ -27,7 +27,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,16 +38,13 @@ from app.contract import Contract, format_ts, parse_time
 from app.inject import KINDS, Label
 from app.settings import load
 from app.simulator import INTERVAL_S, Plan, messages
-from app.stack import Stack
+from bench.own_stack import bootstrap, own_stack
 from tables import fault_rules
 from tables.anomalies import Judgement
 from tables.baseline import Rules
 from tests.integration.harness import (
-    Worker,
     accounting,
-    env_without_sensorstream,
     eventually,
-    isolated_stack_settings,
     produce,
     read_all,
 )
@@ -190,29 +186,14 @@ def markdown(table: dict[str, dict[str, Any]]) -> str:
 def on_stack(readings: int, rate: float, seed: int,
              workdir: Path) -> tuple[list[Label], list[dict], int]:
     """The evaluation on a local stack of its own, started and stopped here."""
-    overrides = isolated_stack_settings(workdir / "stack")
-    stack = Stack(load(overrides))
-    env = {**env_without_sensorstream(), **overrides, **stack.up()}
-    app_id = f"eval-{uuid.uuid4().hex[:6]}"
-    env.update({"SENSORSTREAM_APP_ID": app_id, "SENSORSTREAM_INPUT_TOPICS": f"{app_id}-in",
-                "SENSORSTREAM_DLQ_TOPIC": f"{app_id}-dlq",
-                "SENSORSTREAM_LATE_TOPIC": f"{app_id}-late",
-                "SENSORSTREAM_AGGREGATES_TOPIC": f"{app_id}-aggregates",
-                "SENSORSTREAM_ANOMALIES_TOPIC": f"{app_id}-anomalies"})
-    worker = Worker(env, workdir / "data", workdir / "worker.log")
     msgs, labels = labelled_stream(readings, rate, seed)
-
-    async def evaluate() -> tuple[list[dict], int]:
-        worker.start()
-        await worker.ready(120)
-        return await through_stack(env["SENSORSTREAM_BROKER"].split("://", 1)[1], worker,
-                                   env, msgs)
-    try:
+    with own_stack(workdir, "eval") as (env, worker):
+        async def evaluate() -> tuple[list[dict], int]:
+            worker.start()
+            await worker.ready(120)
+            return await through_stack(bootstrap(env), worker, env, msgs)
         events, replayed = asyncio.run(evaluate())
-        return labels, events, replayed
-    finally:
-        worker.stop()
-        stack.down()
+    return labels, events, replayed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,18 +14,14 @@ import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import orjson
 
-from app.settings import load
-from app.stack import Stack
+from bench.own_stack import bootstrap, own_stack
 from tests.integration.harness import (
     Worker,
-    env_without_sensorstream,
     eventually,
-    isolated_stack_settings,
     produce,
 )
 
@@ -60,26 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motes", type=int, default=10)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="sensorstream-latency-"))
-    overrides = isolated_stack_settings(workdir / "stack")
-    stack = Stack(load(overrides))
     try:
-        env = {**env_without_sensorstream(), **overrides, **stack.up()}
-        app_id = f"lat-{uuid.uuid4().hex[:6]}"
-        env.update({"SENSORSTREAM_APP_ID": app_id, "SENSORSTREAM_INPUT_TOPICS": f"{app_id}-in",
-                    "SENSORSTREAM_ANOMALIES_TOPIC": f"{app_id}-anomalies"})
-        worker = Worker(env, workdir / "data", workdir / "worker.log")
-
-        async def run() -> list[float]:
-            worker.start()
-            await worker.ready(120)
-            return await measure(worker, env["SENSORSTREAM_BROKER"].split("://", 1)[1],
-                                 env["SENSORSTREAM_INPUT_TOPICS"], args.motes)
-        try:
+        with own_stack(workdir, "latency") as (env, worker):
+            async def run() -> list[float]:
+                worker.start()
+                await worker.ready(120)
+                return await measure(worker, bootstrap(env), env["SENSORSTREAM_INPUT_TOPICS"],
+                                     args.motes)
             delays = asyncio.run(run())
-        finally:
-            worker.stop()
     finally:
-        stack.down()
         shutil.rmtree(workdir, ignore_errors=True)
     print("delay from producing the fault to /anomalies listing it (s): "
           + ", ".join(f"{d:.2f}" for d in delays))
