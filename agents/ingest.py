@@ -18,7 +18,7 @@ from faust.types import EventT
 from app import metrics
 from app.contract import Contract, Reading, Source, dead_letter, encode_batches, now_us
 from app.main import app, settings
-from app.reread import committed_offsets, read_range
+from app.reread import Positions
 from app.topics import BOOTSTRAP, by_sensor, dead_letters, readings, sensor_partition
 from tables.daily import UNATTRIBUTED
 
@@ -53,16 +53,15 @@ def _message(event: EventT) -> Message:
                           int(m.timestamp * 1000) if m.timestamp else None), m.key, event.value)
 
 
-#: The next input offset this process expects per input partition. Faust's consumer can
-#: drop fetched messages around recovery and rebalances and then commit past them
-#: (docs/windows.md, invariant 6); a message past the expected offset shows it did.
-_expected: dict[tuple[str, int], int] = {}
+#: The next input offset this process expects per input partition: a message past it
+#: shows that the consumer skipped some (docs/windows.md, invariant 6).
+_positions = Positions(BOOTSTRAP, settings.app_id)
 
 
 @app.on_partitions_assigned.connect
 async def _positions_reset(_app: object, *_args: object, **_kwargs: object) -> None:
     """After a rebalance the consumer starts again from the committed offsets."""
-    _expected.clear()
+    _positions.reset()
 
 
 async def _with_skipped(messages: list[Message]) -> list[Message]:
@@ -71,29 +70,22 @@ async def _with_skipped(messages: list[Message]) -> list[Message]:
     for message in messages:
         firsts.setdefault((message.source.topic, message.source.partition),
                           message.source.offset)
-    unknown = [tp for tp in firsts if tp not in _expected]
-    if unknown:
-        committed = await committed_offsets(BOOTSTRAP, settings.app_id, unknown)
-        for tp in unknown:
-            _expected[tp] = committed.get(tp, firsts[tp])
     skipped: list[Message] = []
-    for (topic, partition), first in firsts.items():
-        start = _expected[topic, partition]
-        if first > start:
-            log.warning("the consumer skipped %d input messages: reading them back",
-                        first - start, extra={"topic": topic, "partition": partition,
-                                              "from_offset": start, "to_offset": first})
-            async for offset, key, value, ts in read_range(BOOTSTRAP, topic, partition,
-                                                           start, first):
-                skipped.append(Message(Source(topic, partition, offset, ts), key, value))
-            metrics.INPUT_REFETCHED.labels(topic).inc(first - start)
+    async for topic, partition, offset, key, value, ts in _positions.skipped(firsts):
+        skipped.append(Message(Source(topic, partition, offset, ts), key, value))
+    if skipped:
+        log.warning("the consumer skipped %d input messages: read them back", len(skipped),
+                    extra={"partitions": sorted({f"{m.source.topic}:{m.source.partition}"
+                                                 for m in skipped})})
+        for message in skipped:
+            metrics.INPUT_REFETCHED.labels(message.source.topic).inc()
     return skipped + messages if skipped else messages
 
 
 def _advance(messages: list[Message]) -> None:
     for message in messages:
-        tp = (message.source.topic, message.source.partition)
-        _expected[tp] = max(_expected.get(tp, 0), message.source.offset + 1)
+        _positions.advance(message.source.topic, message.source.partition,
+                           message.source.offset)
 
 
 async def forward(messages: list[Message]) -> None:

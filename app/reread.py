@@ -58,3 +58,42 @@ async def committed_offsets(bootstrap: str, group: str, tps: list[tuple[str, int
         return found
     finally:
         await consumer.stop()
+
+
+class Positions:
+    """The next offset a stage expects per partition, to notice what the consumer
+    skipped: Faust's consumer can drop fetched messages around recovery and rebalances
+    and then commit past them. Reset it when partitions are assigned."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self._expected: dict[tuple[str, int], int] = {}
+
+    def reset(self) -> None:
+        self._expected.clear()
+
+    async def skipped(self, firsts: dict[tuple[str, int], int],
+                      ) -> AsyncIterator[tuple[str, int, int, bytes | None, bytes | None,
+                                               int | None]]:
+        """``(topic, partition, offset, key, value, timestamp_ms)`` of each message
+        between the expected offset and ``firsts`` (the first offset now delivered per
+        partition), read back from the broker."""
+        unknown = [tp for tp in firsts if tp not in self._expected]
+        if unknown:
+            committed = await committed_offsets(self.bootstrap, self.group, unknown)
+            for tp in unknown:
+                self._expected[tp] = committed.get(tp, firsts[tp])
+        for (topic, partition), first in firsts.items():
+            start = self._expected[topic, partition]
+            if first > start:
+                async for offset, key, value, ts in read_range(self.bootstrap, topic,
+                                                               partition, start, first):
+                    yield topic, partition, offset, key, value, ts
+
+    def expected(self, topic: str, partition: int) -> int | None:
+        return self._expected.get((topic, partition))
+
+    def advance(self, topic: str, partition: int, offset: int) -> None:
+        tp = (topic, partition)
+        self._expected[tp] = max(self._expected.get(tp, 0), offset + 1)

@@ -121,6 +121,55 @@ def _optional_dsn(text: str) -> str:
     return text.strip()
 
 
+def _identifier(text: str) -> str:
+    text = text.strip()
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", text):
+        raise ValueError("expected a lower-case SQL identifier (letters, digits, '_')")
+    return text
+
+
+def _lake_url(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError("expected s3://BUCKET/PREFIX")
+    elif parts.scheme == "file":
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ValueError("expected file:///ABSOLUTE/PATH (three slashes)")
+    else:
+        raise ValueError("expected s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH")
+    return text.rstrip("/")
+
+
+SINK_NAMES = ("postgres", "lake")
+
+
+def _sinks(text: str) -> str | tuple[str, ...]:
+    text = text.strip()
+    if text in ("auto", "none"):
+        return text
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in SINK_NAMES]
+    if unknown or not names:
+        raise ValueError(f"expected auto, none, or a comma-separated list of "
+                         f"{', '.join(SINK_NAMES)}")
+    return names
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|mib|gib|tib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _size(text: str) -> int:
+    m = _SIZE.match(text)
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError("expected a size greater than zero such as 512MiB or 2GiB")
+    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower() or None]
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.strip() not in options:
@@ -381,6 +430,50 @@ SPECS: tuple[Spec, ...] = (
          "S3 endpoint to use; when set, `make stack` uses it instead of starting moto."),
     Spec("S3_BUCKET", "sensorstream-lake", _nonempty,
          "Bucket of the Parquet lake; `make stack` creates it."),
+    Spec("SINKS", "auto", _sinks,
+         "Sinks to write to: `postgres`, `lake` (comma-separated), `none`, or `auto`: "
+         "`postgres` when `PG_DSN` is set, `lake` when `LAKE_URL` is set. Offsets advance "
+         "only once every enabled sink has the rows."),
+    Spec("SINK_BATCH_ROWS", "20000", _int_in(1, 1_000_000),
+         "Most rows in one sink batch (per dataset; the next fills while one is written)."),
+    Spec("SINK_BATCH_WINDOW", "1s", _positive_duration,
+         "Longest a row waits for its batch to fill before the batch is written."),
+    Spec("SINK_RETRY_MAX", "30s", _positive_duration,
+         "Longest wait between retries of a failed batch write (exponential backoff with "
+         "full jitter from 0.2 s; a write is retried until it succeeds)."),
+    Spec("SINK_BREAKER_FAILURES", "5", _int_in(1, 1000),
+         "Consecutive failures that open a sink's circuit breaker."),
+    Spec("SINK_BREAKER_COOLDOWN", "10s", _positive_duration,
+         "How long an open circuit breaker waits before one trial write."),
+    Spec("PG_SCHEMA", "sensorstream", _identifier,
+         "PostgreSQL schema of the sink's tables (created, and migrated, at start-up)."),
+    Spec("PG_RAW_RETENTION", "30d", parse_duration,
+         "How long readings stay in PostgreSQL (older ones are in the lake); 0: forever."),
+    Spec("PG_AGGREGATE_RETENTION", "400d", parse_duration,
+         "How long sealed aggregates stay in PostgreSQL; 0: forever."),
+    Spec("PG_ANOMALY_RETENTION", "400d", parse_duration,
+         "How long anomaly events stay in PostgreSQL; 0: forever."),
+    Spec("PG_PARTITIONS_AHEAD", "7", _int_in(0, 366),
+         "Daily partitions created ahead of today (plain PostgreSQL, without TimescaleDB)."),
+    Spec("PG_COMPRESS_AFTER", "7d", parse_duration,
+         "TimescaleDB only: compress readings chunks older than this; 0: no compression."),
+    Spec("LAKE_URL", "", _lake_url,
+         "The Parquet lake: `s3://BUCKET/PREFIX` (at `S3_ENDPOINT`, credentials from the "
+         "usual `AWS_*` variables) or `file:///PATH`."),
+    Spec("LAKE_STAGING_DIR", "", lambda text: text.strip(),
+         "Local staging of lake files before upload; default `DATA_DIR/lake-staging`. "
+         "Keep it on a disk that survives a restart."),
+    Spec("LAKE_STAGING_MAX_SIZE", "2GiB", _size,
+         "When staging holds this much not yet uploaded, the worker pauses its partitions "
+         "until uploads catch up (nothing staged is deleted before its upload is verified)."),
+    Spec("LAKE_STAGING_ALARM_AGE", "10m", _positive_duration,
+         "`sensorstream_lake_staging_alarm` turns 1 when a staged file waits longer than "
+         "this (or staging holds half of `LAKE_STAGING_MAX_SIZE`)."),
+    Spec("LAKE_UPLOAD_CONCURRENCY", "4", _int_in(1, 64),
+         "Parallel uploads to the lake."),
+    Spec("LAKE_SEAL_IDLE", "5m", _positive_duration,
+         "Seal a lake period once no part was added to it for this long, even before the "
+         "newest reading time passes its end by `ALLOWED_LATENESS`."),
     Spec("STACK_DIR", ".stack", _nonempty,
          "Directory of the local stack: pid files, logs, data, and `env` with its settings."),
     Spec("STACK_KAFKA_PORT", "9092", _int_in(1, 65535),
@@ -417,6 +510,19 @@ class Settings:
     @property
     def canonical_url(self) -> str:
         return self.values["CANONICAL_URL"] or f"http://{self.web_host}:{self.web_port}"
+
+    @property
+    def enabled_sinks(self) -> tuple[str, ...]:
+        if self.sinks == "none":
+            return ()
+        if self.sinks == "auto":
+            return tuple(name for name, on in (("postgres", self.pg_dsn),
+                                               ("lake", self.lake_url)) if on)
+        return self.sinks
+
+    @property
+    def lake_staging(self) -> str:
+        return self.values["LAKE_STAGING_DIR"] or os.path.join(self.data_dir, "lake-staging")
 
     @property
     def bootstrap(self) -> str:
@@ -480,6 +586,11 @@ def _cross_check(settings: Settings) -> None:
     if settings.heartbeat_interval >= settings.session_timeout:
         raise SettingError(PREFIX + "HEARTBEAT_INTERVAL", str(settings.heartbeat_interval),
                            "must be shorter than SENSORSTREAM_SESSION_TIMEOUT")
+    for name, needs in (("postgres", "PG_DSN"), ("lake", "LAKE_URL")):
+        if isinstance(settings.sinks, tuple) and name in settings.sinks and not getattr(
+                settings, needs.lower()):
+            raise SettingError(PREFIX + "SINKS", ",".join(settings.sinks),
+                               f"the {name} sink needs {PREFIX}{needs}")
     pattern = settings.input_pattern
     if pattern:
         clash = sorted(t for t in settings.internal_topics if re.fullmatch(pattern, t))

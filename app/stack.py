@@ -180,6 +180,7 @@ class Stack:
             "SENSORSTREAM_PG_DSN": state["postgres"]["dsn"],
             "SENSORSTREAM_S3_ENDPOINT": state["s3"]["endpoint"],
             "SENSORSTREAM_S3_BUCKET": state["s3"]["bucket"],
+            "SENSORSTREAM_LAKE_URL": f"s3://{state['s3']['bucket']}/lake",
         }
         if state["s3"].get("started"):
             env.update(S3_CREDENTIALS)

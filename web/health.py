@@ -5,6 +5,7 @@ from __future__ import annotations
 from faust import web
 
 from app.main import app
+from sinks.active import SINKS, sink_states
 
 
 def not_ready_reason() -> str | None:
@@ -17,6 +18,9 @@ def not_ready_reason() -> str | None:
         return "recovering tables from their changelogs"
     if not app.consumer.assignment():
         return "no partitions assigned to this worker"
+    bad = [name for name, state in sink_states().items() if not state["ok"]]
+    if bad:
+        return f"sink degraded: {', '.join(bad)} (partitions paused until it recovers)"
     return None
 
 
@@ -28,6 +32,8 @@ async def health(self: web.View, request: web.Request) -> web.Response:
 @app.page("/ready")
 async def ready(self: web.View, request: web.Request) -> web.Response:
     reason = not_ready_reason()
+    sinks = sink_states() if SINKS else {}
     if reason is not None:
-        return self.json({"ready": False, "reason": reason}, status=503)
-    return self.json({"ready": True, "partitions": len(app.consumer.assignment())})
+        return self.json({"ready": False, "reason": reason, "sinks": sinks}, status=503)
+    return self.json({"ready": True, "partitions": len(app.consumer.assignment()),
+                      "sinks": sinks})

@@ -54,6 +54,8 @@ def app_env(stack_env) -> dict[str, str]:
         "SENSORSTREAM_SESSION_TIMEOUT": "6s",
         "SENSORSTREAM_HEARTBEAT_INTERVAL": "1s",
         "SENSORSTREAM_BATCH_WINDOW": "50ms",
+        "SENSORSTREAM_PG_SCHEMA": name.replace("-", "_"),
+        "SENSORSTREAM_LAKE_URL": f"s3://{stack_env['SENSORSTREAM_S3_BUCKET']}/{name}",
     }
 
 

@@ -45,6 +45,13 @@ def test_durations(text, seconds):
     ("SENSORSTREAM_OFFSET_RESET", "middle", "earliest"),
     ("SENSORSTREAM_HEARTBEAT_INTERVAL", "1m", "shorter than"),
     ("SENSORSTREAM_NO_SUCH_THING", "1", "unknown setting"),
+    ("SENSORSTREAM_SINKS", "postgres,kafka", "comma-separated list"),
+    ("SENSORSTREAM_SINKS", "postgres", "needs SENSORSTREAM_PG_DSN"),
+    ("SENSORSTREAM_SINKS", "lake", "needs SENSORSTREAM_LAKE_URL"),
+    ("SENSORSTREAM_LAKE_URL", "file://relative/path", "three slashes"),
+    ("SENSORSTREAM_LAKE_URL", "gs://bucket/x", "s3://BUCKET/PREFIX"),
+    ("SENSORSTREAM_LAKE_STAGING_MAX_SIZE", "2GB", "512MiB"),
+    ("SENSORSTREAM_PG_SCHEMA", "Sensor-Stream", "SQL identifier"),
 ])
 def test_bad_values_name_the_setting(name, value, fragment):
     with pytest.raises(SettingError) as info:

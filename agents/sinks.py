@@ -1,0 +1,186 @@
+"""The sink stage: readings, sealed aggregates and anomalies into PostgreSQL and the lake.
+
+Three agents, one per topic: the hand-overs (validated readings, partitioned by
+sensor), the aggregates topic and the anomalies topic. Each turns its messages into
+rows (sinks.records) and gives them to a ``Delivery``, which acknowledges a message
+only once every enabled sink stored its rows, so Faust commits its offset only then.
+While a sink is failing or full, a monitor pauses all of the worker's partitions
+(the live stages too: their outputs would only pile up) and resumes them once the
+sink recovers; ``/ready`` names the sink meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import faust
+import orjson
+from faust.types import TP
+
+from app.contract import decode_batch
+from app.main import app, settings
+from app.reread import Positions
+from app.topics import BOOTSTRAP, aggregates, anomalies, by_sensor
+from sinks.active import DELIVERIES, SINKS, SOURCES, degraded, start_errors, started
+from sinks.base import PAUSED, PAUSED_SECONDS, Backoff
+from sinks.records import (
+    AGGREGATES,
+    ANOMALIES,
+    READINGS,
+    Dataset,
+    aggregate_row,
+    anomaly_row,
+    reading_rows,
+)
+
+log = logging.getLogger(__name__)
+
+@app.service
+class SinkService(faust.Service):
+    """Starts the sinks (retrying until each can), watches them, stops them last."""
+
+    async def on_start(self) -> None:
+        if SINKS:
+            self.add_future(self._start_sinks())
+
+    async def _start_sinks(self) -> None:
+        backoff = Backoff(base=0.5, cap=settings.sink_retry_max)
+        for sink in SINKS:
+            attempt = 0
+            while True:
+                try:
+                    await sink.start()
+                    start_errors.pop(sink.name, None)
+                    break
+                except Exception as exc:
+                    start_errors[sink.name] = f"cannot start: {type(exc).__name__}: {exc}"[:300]
+                    log.warning("sink %s cannot start yet: %s", sink.name, exc,
+                                extra={"sink": sink.name})
+                    await asyncio.sleep(backoff.delay(attempt))
+                    attempt += 1
+        for delivery in DELIVERIES.values():
+            delivery.start()
+        started.set()
+        log.info("sinks started", extra={"sinks": [s.name for s in SINKS]})
+
+    @faust.Service.task
+    async def _watch(self) -> None:
+        """Pause the worker's partitions while a sink is degraded; resume after."""
+        paused: set[TP] = set()
+        since = 0.0
+        while not self.should_stop:
+            await self.sleep(0.25)
+            consumer = app.consumer
+            if consumer is None or not SINKS or not started.is_set():
+                continue
+            reasons = degraded()
+            if reasons:
+                wanted = {tp for tp in consumer.assignment()
+                          if tp.topic not in app.tables.changelog_topics}
+                new = wanted - paused
+                if new:
+                    consumer.pause_partitions(new)
+                    if not paused:
+                        since = time.monotonic()
+                        PAUSED.set(1)
+                        log.warning("sink degraded: pausing the worker's partitions",
+                                    extra={"sinks": reasons, "partitions": len(wanted)})
+                    paused |= new
+                now = time.monotonic()
+                PAUSED_SECONDS.inc(now - since)
+                since = now
+            elif paused:
+                consumer.resume_partitions(paused & consumer.assignment())
+                PAUSED_SECONDS.inc(time.monotonic() - since)
+                PAUSED.set(0)
+                log.info("sinks recovered: partitions resumed",
+                         extra={"partitions": len(paused)})
+                paused = set()
+
+    async def on_stop(self) -> None:
+        for delivery in DELIVERIES.values():
+            try:
+                await asyncio.wait_for(delivery.stop(flush=started.is_set()), 10)
+            except (TimeoutError, Exception) as exc:
+                log.warning("pending sink rows not written at shutdown (they are "
+                            "delivered again): %s", exc)
+        for sink in SINKS:
+            try:
+                await sink.stop()
+            except Exception as exc:
+                log.warning("sink %s did not stop cleanly: %s", sink.name, exc)
+
+
+_positions = {name: Positions(BOOTSTRAP, settings.app_id) for name in SOURCES}
+
+
+@app.on_partitions_assigned.connect
+async def _on_assigned(_app: object, *_args: object, **_kwargs: object) -> None:
+    for positions in _positions.values():
+        positions.reset()
+    for sink in SINKS:
+        adopt = getattr(sink, "adopt_open_periods", None)
+        if adopt is not None and started.is_set():
+            asyncio.get_running_loop().create_task(adopt())
+
+
+async def _consume(stream: Any, dataset: Dataset,
+                   rows_of: Callable[[bytes, int, int], Iterable[tuple]]) -> None:
+    """Feed one topic's messages to its delivery; ack each once the sinks have it."""
+    await started.wait()
+    delivery = DELIVERIES[dataset.name]
+    positions = _positions[dataset.name]
+    async for event in stream.noack().events():
+        message = event.message
+        tp = (message.topic, message.partition)
+        async for _t, partition, offset, _k, value, _ts in positions.skipped(
+                {tp: message.offset}):
+            log.warning("the consumer skipped a message: read it back", extra={
+                "topic": message.topic, "partition": partition, "offset": offset})
+            await delivery.add(partition, list(rows_of(value, partition, offset)), None)
+        await delivery.add(message.partition,
+                           list(rows_of(event.value, message.partition, message.offset)),
+                           event.ack)
+        positions.advance(message.topic, message.partition, message.offset)
+
+
+def _readings(value: bytes, _partition: int, _offset: int) -> Iterable[tuple]:
+    return reading_rows(decode_batch(value))
+
+
+def _aggregate(value: bytes, partition: int, offset: int) -> Iterable[tuple]:
+    return [aggregate_row(orjson.loads(value), partition, offset)]
+
+
+def _anomaly(value: bytes, partition: int, offset: int) -> Iterable[tuple]:
+    return [anomaly_row(orjson.loads(value), partition, offset)]
+
+
+if SINKS:
+
+    @app.agent(by_sensor, name="sink-readings")
+    async def sink_readings(stream):
+        await _consume(stream, READINGS, _readings)
+
+    @app.agent(aggregates, name="sink-aggregates")
+    async def sink_aggregates(stream):
+        await _consume(stream, AGGREGATES, _aggregate)
+
+    @app.agent(anomalies, name="sink-anomalies")
+    async def sink_anomalies(stream):
+        await _consume(stream, ANOMALIES, _anomaly)
+
+    @app.timer(3600.0)
+    async def maintain_partitions() -> None:
+        """Daily partitions: create ahead, drop past the retention (plain PostgreSQL)."""
+        for sink in SINKS:
+            maintain = getattr(sink, "maintain", None)
+            if maintain is not None and started.is_set():
+                try:
+                    await maintain()
+                except Exception as exc:
+                    log.warning("partition maintenance failed (retried in an hour): %s", exc)

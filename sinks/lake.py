@@ -1,0 +1,362 @@
+"""The Parquet lake sink: staged on local disk first, uploaded, then sealed per period.
+
+``write`` puts each batch in Parquet part files under the staging directory (written,
+fsynced, renamed) and returns: the rows are durable on disk before their offsets are
+committed. Uploaders send the staged files to the object store in parallel, verify
+each one (size and MD5), and only then delete the staged copy. A staged file is never
+deleted otherwise: when the store is down, staging grows (``sensorstream_lake_staging_*``
+and an alarm), and once it holds ``LAKE_STAGING_MAX_SIZE`` the sink reports itself full
+and the worker pauses its partitions until uploads drain it.
+
+Layout (hive): ``raw/dt=YYYY-MM-DD/hour=HH/``, ``aggregates/window=1m/dt=YYYY-MM-DD/``,
+``anomalies/dt=YYYY-MM-DD/``. A period (an hour of raw readings, a day otherwise) of
+one source partition collects part files ``part-p{P}-*.parquet`` until it is sealed:
+once the partition's newest time is ``ALLOWED_LATENESS`` past the period's end, or no
+part was added for ``LAKE_SEAL_IDLE``. Sealing merges the period's files of that
+partition into one ``sealed-p{P}-*.parquet`` with each key once, then deletes what it
+merged. A file is deleted only after the file holding its rows is stored and verified,
+so a crash anywhere leaves rows twice, never zero times, and the next seal removes the
+copy. A sensor's rows always come from one partition, so a sealed period holds each
+reading once. Periods awaiting a seal are marked under ``_sensorstream/open/`` (readers
+skip ``_`` directories), so a restarted worker, or the next owner of a partition, seals
+what was left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prometheus_client import Counter, Gauge
+
+from sinks.base import Backoff, Batch, Sink
+from sinks.objectstore import ObjectStore, md5_of
+from sinks.records import DATASETS, Dataset, deduplicate, period_of_dir, to_table
+
+log = logging.getLogger(__name__)
+
+STAGING_BYTES = Gauge("sensorstream_lake_staging_bytes",
+                      "Bytes of Parquet staged locally and not yet confirmed uploaded")
+STAGING_FILES = Gauge("sensorstream_lake_staging_files",
+                      "Staged Parquet files not yet confirmed uploaded")
+STAGING_OLDEST = Gauge("sensorstream_lake_staging_oldest_seconds",
+                       "Age of the oldest staged file not yet confirmed uploaded")
+STAGING_ALARM = Gauge("sensorstream_lake_staging_alarm",
+                      "1 while staging grows: its oldest file is older than "
+                      "LAKE_STAGING_ALARM_AGE or it holds half of LAKE_STAGING_MAX_SIZE")
+UPLOADS = Counter("sensorstream_lake_uploads", "Files uploaded and verified", ["kind"])
+UPLOAD_ERRORS = Counter("sensorstream_lake_upload_errors", "Failed uploads (retried)")
+SEALS = Counter("sensorstream_lake_seals", "Periods sealed (merged, each key once)",
+                ["dataset"])
+SEAL_DUPLICATES = Counter("sensorstream_lake_seal_duplicates_removed",
+                          "Copies of a key removed while sealing", ["dataset"])
+
+MARKERS = "_sensorstream/open/"
+PART = "part-p"
+SEALED = "sealed-p"
+#: Parquet settings for analytics: zstd (small, fast to read), large row groups (few
+#: footers to read; sorted by sensor and time so min/max statistics prune well).
+COMPRESSION = "zstd"
+COMPRESSION_LEVEL = 3
+ROW_GROUP_ROWS = 1_000_000
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression=COMPRESSION, compression_level=COMPRESSION_LEVEL,
+                   row_group_size=ROW_GROUP_ROWS)
+
+
+def _fsync_file_and_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+Period = tuple[str, int]  #: (lake directory, source partition)
+
+
+class LakeSink(Sink):
+    name = "lake"
+
+    def __init__(self, store: ObjectStore, staging: Path, max_bytes: int, alarm_age: float,
+                 concurrency: int, seal_idle: float, lateness: float,
+                 owns: Callable[[str, int], bool] = lambda _dataset, _partition: True,
+                 backoff: Backoff | None = None) -> None:
+        self.store = store
+        self.staging = staging
+        self.pending = staging / "pending"
+        self.sealing = staging / "sealing"
+        self.max_bytes = max_bytes
+        self.alarm_age = alarm_age
+        self.concurrency = concurrency
+        self.seal_idle = seal_idle
+        self.lateness_us = int(lateness * 1_000_000)
+        self.owns = owns  #: whether this worker owns a dataset's source partition now
+        self.backoff = backoff or Backoff(base=0.5, cap=30.0)
+        self._queue: asyncio.Queue[Path] = asyncio.Queue()
+        self._staged: dict[Path, tuple[int, float]] = {}  #: size, staged at (wall clock)
+        self._staged_per_period: defaultdict[Period, int] = defaultdict(int)
+        self._open: dict[Period, float] = {}  #: awaiting a seal: last part stored at
+        self._newest: dict[tuple[str, int], int] = {}  #: (dataset, partition): newest time
+        self._locks: defaultdict[Period, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._tasks: list[asyncio.Task] = []
+        self._alarmed = False
+        self.last_upload_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.start()
+        for directory in (self.pending, self.sealing):
+            directory.mkdir(parents=True, exist_ok=True)
+        for temp in self.pending.rglob("*.tmp"):
+            temp.unlink()  # a part cut short by a crash: its batch was never acknowledged
+        for leftover in self.sealing.iterdir():
+            leftover.unlink()  # a merge cut short: its inputs are still in the store
+        for path in sorted(self.pending.rglob("*.parquet")):
+            self._stage(path, path.stat().st_size, path.stat().st_mtime)
+        if self._staged:
+            log.info("staged lake files from before the restart will be uploaded",
+                     extra={"files": len(self._staged)})
+        await self.adopt_open_periods()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._uploader()) for _ in range(self.concurrency)]
+        self._tasks.append(loop.create_task(self._sealer()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        await self.store.stop()
+
+    async def adopt_open_periods(self) -> None:
+        """Learn the periods left open (by a crash, or a partition's previous owner)."""
+        try:
+            markers = await self.store.list(MARKERS)
+        except Exception as exc:
+            log.warning("cannot list the lake's open periods yet: %s", exc)
+            return
+        now = time.time()
+        for marker in markers:
+            directory, _, part = marker[len(MARKERS):].rpartition("/")
+            if part.startswith("p") and part[1:].isdigit():
+                self._open.setdefault((directory, int(part[1:])), now)
+
+    # -- staging ---------------------------------------------------------------------
+
+    def _stage(self, path: Path, size: int, at: float) -> None:
+        self._staged[path] = (size, at)
+        self._staged_per_period[self._period_of(path)] += 1
+        self._queue.put_nowait(path)
+        self._gauges()
+
+    def _period_of(self, path: Path) -> Period:
+        relative = path.relative_to(self.pending)
+        partition = int(relative.name[len(PART):].split("-", 1)[0])
+        return relative.parent.as_posix(), partition
+
+    def _gauges(self) -> None:
+        total = sum(size for size, _ in self._staged.values())
+        oldest = min((at for _, at in self._staged.values()), default=None)
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
+        STAGING_BYTES.set(total)
+        STAGING_FILES.set(len(self._staged))
+        STAGING_OLDEST.set(age)
+        alarm = age > self.alarm_age or total >= self.max_bytes / 2
+        STAGING_ALARM.set(int(alarm))
+        if alarm and not self._alarmed:
+            log.warning("lake staging is growing: uploads are not keeping up", extra={
+                "staged_files": len(self._staged), "staged_bytes": total,
+                "oldest_seconds": round(age), "upload_error": self.last_upload_error})
+        self._alarmed = alarm
+
+    def staged_bytes(self) -> int:
+        return sum(size for size, _ in self._staged.values())
+
+    def full(self) -> str | None:
+        total = self.staged_bytes()
+        if total >= self.max_bytes:
+            return (f"staging holds {total} bytes (LAKE_STAGING_MAX_SIZE {self.max_bytes}) "
+                    f"not yet uploaded: {self.last_upload_error or 'uploads are behind'}")
+        return None
+
+    async def write(self, batch: Batch) -> None:
+        dataset = batch.dataset
+        groups: defaultdict[str, list[tuple]] = defaultdict(list)
+        for row in batch.rows:
+            groups[dataset.lake_dir(row)].append(row)
+        written = await asyncio.to_thread(self._write_parts, dataset, batch.partition, groups)
+        now = time.time()
+        for path, size in written:
+            self._stage(path, size, now)
+        time_at = dataset.index(dataset.time)
+        newest = max(row[time_at] for row in batch.rows)
+        key = (dataset.name, batch.partition)
+        self._newest[key] = max(self._newest.get(key, newest), newest)
+
+    def _write_parts(self, dataset: Dataset, partition: int,
+                     groups: dict[str, list[tuple]]) -> list[tuple[Path, int]]:
+        written = []
+        for directory, rows in groups.items():
+            table = to_table(dataset, rows)
+            if dataset.path_column is not None:
+                table = table.drop_columns([dataset.path_column])
+            folder = self.pending / directory
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{PART}{partition}-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+            temp = folder / f"{name}.tmp"
+            write_parquet(table, temp)
+            _fsync_file_and_dir(temp)
+            path = folder / name
+            os.replace(temp, path)
+            _fsync_file_and_dir(path)
+            written.append((path, path.stat().st_size))
+        return written
+
+    # -- uploading -------------------------------------------------------------------
+
+    async def _uploader(self) -> None:
+        while True:
+            path = await self._queue.get()
+            attempt = 0
+            while not await self._upload(path):
+                await asyncio.sleep(self.backoff.delay(attempt))
+                attempt += 1
+
+    async def _upload(self, path: Path) -> bool:
+        period = self._period_of(path)
+        key = path.relative_to(self.pending).as_posix()
+        try:
+            async with self._locks[period]:
+                md5 = await asyncio.to_thread(md5_of, path)
+                await self.store.put_bytes(f"{MARKERS}{period[0]}/p{period[1]}", b"")
+                await self.store.put_file(key, path, md5)
+                self._open[period] = time.time()
+                path.unlink()  # confirmed: the store has it, verified
+                self._staged.pop(path, None)
+                self._staged_per_period[period] -= 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            UPLOAD_ERRORS.inc()
+            if self.last_upload_error is None:
+                log.warning("lake upload failed; the staged file stays and is retried: %s",
+                            exc, extra={"file": key})
+            self.last_upload_error = f"{type(exc).__name__}: {exc}"[:300]
+            self._gauges()
+            return False
+        UPLOADS.labels("part").inc()
+        if self.last_upload_error is not None:
+            log.info("lake uploads work again", extra={"file": key})
+            self.last_upload_error = None
+        self._gauges()
+        return True
+
+    # -- sealing ---------------------------------------------------------------------
+
+    def _due(self, period: Period, last_part: float, now: float) -> bool:
+        directory, partition = period
+        dataset = _dataset_of(directory)
+        if self._staged_per_period.get(period) or not self.owns(dataset.name, partition):
+            return False
+        end = period_of_dir(directory) + dataset.period_us
+        newest = self._newest.get((dataset.name, partition))
+        passed = newest is not None and newest - self.lateness_us >= end
+        return passed or now - last_part >= self.seal_idle
+
+    async def _sealer(self) -> None:
+        interval = max(0.2, min(5.0, self.seal_idle / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self._gauges()
+            now = time.time()
+            for period, last_part in sorted(self._open.items()):
+                if not self._due(period, last_part, now):
+                    continue
+                try:
+                    await self.seal(period)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("sealing %s of partition %d failed; retried later: %s",
+                                *period, exc)
+                    self._open[period] = now - self.seal_idle + interval * 4
+
+    async def seal(self, period: Period) -> int:
+        """Merge a period's files of one partition into one, each key once; return rows."""
+        directory, partition = period
+        dataset = _dataset_of(directory)
+        async with self._locks[period]:
+            mine = [key for key in await self.store.list(f"{directory}/")
+                    if key.rsplit("/", 1)[1].startswith((f"{PART}{partition}-",
+                                                         f"{SEALED}{partition}-"))]
+            parts = [k for k in mine if k.rsplit("/", 1)[1].startswith(PART)]
+            rows = 0
+            if parts or len(mine) > 1:
+                tables = [pq.read_table(io.BytesIO(await self.store.get(k))) for k in mine]
+                merged, removed, temp = await asyncio.to_thread(
+                    self._merge, dataset, tables)
+                try:
+                    name = f"{SEALED}{partition}-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+                    await self.store.put_file(f"{directory}/{name}", temp, md5_of(temp))
+                finally:
+                    temp.unlink(missing_ok=True)
+                UPLOADS.labels("sealed").inc()
+                await self.store.delete(mine)  # only now: their rows are in the new file
+                rows = merged
+                SEALS.labels(dataset.name).inc()
+                SEAL_DUPLICATES.labels(dataset.name).inc(removed)
+                log.info("lake period sealed", extra={
+                    "directory": directory, "partition": partition, "files": len(mine),
+                    "rows": merged, "duplicates_removed": removed})
+            await self.store.delete([f"{MARKERS}{directory}/p{partition}"])
+            self._open.pop(period, None)
+            return rows
+
+    def _merge(self, dataset: Dataset, tables: list[pa.Table]) -> tuple[int, int, Path]:
+        schema = dataset.file_schema()
+        combined = pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
+        unique = deduplicate(_without_path(dataset), combined)
+        temp = self.sealing / f"{uuid.uuid4().hex}.parquet"
+        write_parquet(unique, temp)
+        return unique.num_rows, combined.num_rows - unique.num_rows, temp
+
+    def status(self) -> dict[str, Any]:
+        return {"url": self.store.url, "staged_files": len(self._staged),
+                "staged_bytes": self.staged_bytes(), "open_periods": len(self._open),
+                "upload_error": self.last_upload_error}
+
+
+def _dataset_of(directory: str) -> Dataset:
+    root = directory.split("/", 1)[0]
+    return DATASETS["readings" if root == "raw" else root]
+
+
+def _without_path(dataset: Dataset) -> Dataset:
+    """The dataset as its files hold it (the path column lives in the directory)."""
+    if dataset.path_column is None:
+        return dataset
+    return Dataset(dataset.name, dataset.file_schema(),
+                   tuple(k for k in dataset.key if k != dataset.path_column), dataset.time,
+                   dataset.period_us, dataset.keep)
