@@ -320,6 +320,18 @@ class Stack:
             (self.dir / "env").unlink(missing_ok=True)
         return stopped
 
+    def stop_service(self, name: str) -> None:
+        """Stop one service this stack started (an outage, for tests); ``up`` starts it
+        again on the same port, with its data (PostgreSQL keeps its data directory)."""
+        with self._locked():
+            state = self._load()
+            service = state.get(name)
+            if not service or not service.get("started"):
+                raise StackError(f"{name} was not started by this stack")
+            self._stop(name, service)
+            state.pop(name)
+            self._save(state)
+
     def _stop(self, name: str, service: dict[str, Any]) -> None:
         if name == "postgres":
             self._stop_postgres(service)

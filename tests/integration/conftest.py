@@ -21,12 +21,18 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
-def stack_env(tmp_path_factory) -> dict[str, str]:
+def stack(tmp_path_factory) -> Stack:
     overrides = isolated_stack_settings(tmp_path_factory.mktemp("stack"))
     stack = Stack(settings_mod.load(overrides))
-    env = stack.up()
-    yield {**env_without_sensorstream(), **overrides, **env}
+    stack.overrides = overrides
+    yield stack
     stack.down()
+
+
+@pytest.fixture(scope="session")
+def stack_env(stack) -> dict[str, str]:
+    env = stack.up()
+    return {**env_without_sensorstream(), **stack.overrides, **env}
 
 
 @pytest.fixture(scope="session")
