@@ -130,12 +130,13 @@ class S3Store(ObjectStore):
     (empty: AWS). Credentials come from the usual AWS variables and files."""
 
     def __init__(self, bucket: str, prefix: str, endpoint: str | None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, credentials: dict[str, str] | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint = endpoint or None
         self.timeout = timeout
         self.url = f"s3://{bucket}/{self.prefix}"
+        self.credentials = credentials or {}  #: AWS_* variables; default: the environment
         self._stack: Any = None
         self._client: Any = None
 
@@ -153,7 +154,10 @@ class S3Store(ObjectStore):
         self._stack = AsyncExitStack()
         self._client = await self._stack.enter_async_context(get_session().create_client(
             "s3", endpoint_url=self.endpoint, config=config,
-            region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1")))
+            region_name=self.credentials.get("AWS_DEFAULT_REGION",
+                                             os.environ.get("AWS_DEFAULT_REGION", "us-east-1")),
+            aws_access_key_id=self.credentials.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=self.credentials.get("AWS_SECRET_ACCESS_KEY")))
 
     async def stop(self) -> None:
         if self._stack is not None:

@@ -99,7 +99,8 @@ async def pg_aggregates(env: dict[str, str]) -> dict:
 
 def lake_store(env: dict[str, str], endpoint: str | None = None) -> S3Store:
     bucket, prefix = env["SENSORSTREAM_LAKE_URL"][len("s3://"):].split("/", 1)
-    return S3Store(bucket, prefix, endpoint or env["SENSORSTREAM_S3_ENDPOINT"])
+    return S3Store(bucket, prefix, endpoint or env["SENSORSTREAM_S3_ENDPOINT"],
+                   credentials={k: v for k, v in env.items() if k.startswith("AWS_")})
 
 
 async def sealed_lake(env: dict[str, str], target: Path, deadline: float = 120) -> Path:
