@@ -55,6 +55,11 @@ def main() -> int:
             # The broker keeps topics in memory only: a new broker means new state.
             shutil.rmtree(data_dir, ignore_errors=True)
         env["SENSORSTREAM_DATA_DIR"] = str(data_dir)
+        lake = (stack.dir / "lake").resolve()
+        if "SENSORSTREAM_LAKE_URL" not in os.environ:  # the embedded default: a local lake
+            env["SENSORSTREAM_LAKE_URL"] = f"file://{lake}"
+        if not was_running:
+            shutil.rmtree(lake, ignore_errors=True)
         url = settings.canonical_url
         print(f"starting the worker (log: {stack.dir / 'worker.log'})...", flush=True)
         worker = spawn([sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
@@ -79,6 +84,8 @@ sensorstream is running: 54 simulated Intel Lab motes, the last day at 100x, the
                        mote 1's 1-minute windows, live ("open": true) and sealed
   {url}/ready          readiness
   {url}/metrics        Prometheus metrics (readings in, accepted, dead-lettered, ...)
+History: PostgreSQL at {env["SENSORSTREAM_PG_DSN"]} (schema sensorstream),
+         the Parquet lake at {env.get("SENSORSTREAM_LAKE_URL")} (README: "Sinks").
 Logs: {stack.dir}/worker.log, {stack.dir}/simulator.log. Press Ctrl-C to stop.
 """, flush=True)
         while True:

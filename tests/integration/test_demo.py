@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
+import duckdb
 import pytest
 
 from app.stack import pid_alive
@@ -84,6 +86,26 @@ async def test_demo_runs_and_stops_what_it_started(tmp_path):
         status, quality = http_get(f"{url}/quality")
         assert status == 200 and quality["sensors"] == 54, quality
         assert quality["counts"]["accepted"] > 0 and quality["freshness_s"]["p50"] > 0
+
+        # History: the local PostgreSQL and the local lake fill (README's one-liners).
+        dsn = json.loads((stack_dir / "stack.json").read_text())["postgres"]["dsn"]
+
+        async def in_postgres():
+            conn = await asyncpg.connect(dsn)
+            try:
+                return await conn.fetchval("SELECT count(*) FROM sensorstream.readings") > 1000
+            except asyncpg.UndefinedTableError:
+                return False
+            finally:
+                await conn.close()
+        await eventually(in_postgres, "readings in the demo's PostgreSQL", deadline=60)
+
+        def in_lake():
+            files = list((stack_dir / "lake" / "raw").rglob("*.parquet"))
+            return files and duckdb.sql(
+                f"SELECT count(*) FROM read_parquet('{stack_dir}/lake/raw/**/*.parquet', "
+                "hive_partitioning = true)").fetchone()[0] > 1000
+        await eventually(in_lake, "readings in the demo's local lake", deadline=60)
     finally:
         demo.send_signal(signal.SIGINT)
         code = demo.wait(60)
