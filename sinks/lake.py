@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from prometheus_client import Counter, Gauge
 
 from sinks.base import Backoff, Batch, Sink
-from sinks.objectstore import ObjectStore, md5_of
+from sinks.objectstore import ObjectStore, fsync_path, md5_of
 from sinks.records import DATASETS, Dataset, deduplicate, period_of_dir, to_table
 
 log = logging.getLogger(__name__)
@@ -78,16 +78,8 @@ def write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def _fsync_file_and_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
+    fsync_path(path.parent)
 
 
 Period = tuple[str, int]  #: (lake directory, source partition)

@@ -82,7 +82,7 @@ class FileStore(ObjectStore):
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(temp, target)
-        _fsync_dir(target.parent)
+        fsync_path(target.parent)
         if target.stat().st_size != path.stat().st_size or md5_of(target) != md5:
             raise VerifyError(f"{target} differs from {path} after the copy")
 
@@ -211,7 +211,8 @@ def open_store(url: str, endpoint: str | None) -> ObjectStore:
                      "file:///PATH")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's (its entries') changes to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
