@@ -104,7 +104,7 @@ async def test_demo_runs_and_stops_what_it_started(tmp_path):
             files = list((stack_dir / "lake" / "raw").rglob("*.parquet"))
             return files and duckdb.sql(
                 f"SELECT count(*) FROM read_parquet('{stack_dir}/lake/raw/**/*.parquet', "
-                "hive_partitioning = true)").fetchone()[0] > 1000
+                "hive_partitioning = true)").fetchall()[0][0] > 1000
         await eventually(in_lake, "readings in the demo's local lake", deadline=60)
     finally:
         demo.send_signal(signal.SIGINT)
