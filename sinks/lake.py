@@ -329,7 +329,7 @@ class LakeSink(Sink):
     def _merge(self, dataset: Dataset, tables: list[pa.Table]) -> tuple[int, int, Path]:
         schema = dataset.file_schema()
         combined = pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
-        unique = deduplicate(_without_path(dataset), combined)
+        unique = deduplicate(dataset, combined)  # it skips the path column: not in files
         temp = self.sealing / f"{uuid.uuid4().hex}.parquet"
         write_parquet(unique, temp)
         return unique.num_rows, combined.num_rows - unique.num_rows, temp
@@ -344,11 +344,3 @@ def _dataset_of(directory: str) -> Dataset:
     root = directory.split("/", 1)[0]
     return DATASETS["readings" if root == "raw" else root]
 
-
-def _without_path(dataset: Dataset) -> Dataset:
-    """The dataset as its files hold it (the path column lives in the directory)."""
-    if dataset.path_column is None:
-        return dataset
-    return Dataset(dataset.name, dataset.file_schema(),
-                   tuple(k for k in dataset.key if k != dataset.path_column), dataset.time,
-                   dataset.period_us, dataset.keep)
