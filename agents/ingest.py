@@ -20,6 +20,7 @@ from app.contract import Contract, Reading, Source, dead_letter, encode_batches,
 from app.main import app, settings
 from app.reread import Positions
 from app.topics import BOOTSTRAP, by_sensor, dead_letters, readings, sensor_partition
+from app.transport import records_of
 from tables.daily import UNATTRIBUTED
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ _told: defaultdict[int, dict[str, int]] = defaultdict(dict)
 async def ingest(stream):
     await dead_letters.maybe_declare()
     async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
-        messages = await _with_skipped([_message(event) for event in events])
+        messages = await _with_skipped([m for event in events for m in _messages(event)])
         await forward(messages)
         _advance(messages)  # only once forwarded: a batch that raised is read back
 
@@ -47,10 +48,12 @@ class Message:
     value: bytes | None
 
 
-def _message(event: EventT) -> Message:
+def _messages(event: EventT) -> list[Message]:
+    """The input messages an event carries (a bundle of a fetch, app.transport)."""
     m = event.message
-    return Message(Source(m.topic, m.partition, m.offset,
-                          int(m.timestamp * 1000) if m.timestamp else None), m.key, event.value)
+    topic, partition = m.topic, m.partition
+    return [Message(Source(topic, partition, r.offset, r.timestamp_ms), r.key, r.value)
+            for r in records_of(m)]
 
 
 #: The next input offset this process expects per input partition: a message past it

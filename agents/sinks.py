@@ -25,6 +25,7 @@ from app.contract import decode_batch
 from app.main import app, settings
 from app.reread import Positions
 from app.topics import BOOTSTRAP, aggregates, anomalies, by_sensor
+from app.transport import records_of
 from sinks.active import DELIVERIES, SINKS, SOURCES, degraded, start_errors, started
 from sinks.base import PAUSED, PAUSED_SECONDS, Backoff
 from sinks.records import (
@@ -136,16 +137,16 @@ async def _consume(stream: Any, dataset: Dataset,
     positions = _positions[dataset.name]
     async for event in stream.noack().events():
         message = event.message
-        tp = (message.topic, message.partition)
-        async for _t, partition, offset, _k, value, _ts in positions.skipped(
-                {tp: message.offset}):
+        topic, partition = message.topic, message.partition
+        records = records_of(message)
+        async for _t, _p, offset, _k, value, _ts in positions.skipped(
+                {(topic, partition): records[0].offset}):
             log.warning("the consumer skipped a message: read it back", extra={
-                "topic": message.topic, "partition": partition, "offset": offset})
+                "topic": topic, "partition": partition, "offset": offset})
             await delivery.add(partition, list(rows_of(value, partition, offset)), None)
-        await delivery.add(message.partition,
-                           list(rows_of(event.value, message.partition, message.offset)),
-                           event.ack)
-        positions.advance(message.topic, message.partition, message.offset)
+        rows = [row for r in records for row in rows_of(r.value, partition, r.offset)]
+        await delivery.add(partition, rows, event.ack)
+        positions.advance(topic, partition, records[-1].offset)
 
 
 def _readings(value: bytes, _partition: int, _offset: int) -> Iterable[tuple]:

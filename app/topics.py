@@ -14,6 +14,7 @@ from aiokafka.partitioner import murmur2
 from app.contract import MAX_RECORD_BYTES
 from app.main import app, settings, stop_startup
 from app.settings import PREFIX, SettingError
+from app.transport import BULK_TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,12 @@ by_location = app.topic(f"{settings.app_id}-windows-by-location", value_type=byt
                         config=RETENTION_7D)
 
 
+#: One message per reading or per window: delivered in bundles (app.transport), so
+#: Faust's per-message cost is paid per fetch. Hand-overs are batches already.
+BULK_TOPICS.update(readings.topics)
+BULK_TOPICS.update((settings.aggregates_topic, settings.anomalies_topic))
+
+
 def sensor_partition(sensor_id: str, partitions: int = settings.partitions) -> int:
     """The partition of a sensor: Kafka's default partitioner on the raw id, which is also
     where ``app.table_route`` looks for a table key equal to the sensor id."""
@@ -110,6 +117,7 @@ if settings.input_pattern:
         new = [t for t in found if t not in readings.topics]
         if new:
             readings.topics.extend(new)
+            BULK_TOPICS.update(new)
             app.topics._flag_changes()  # the conductor resubscribes (after its 45 s lock)
             log.info("new input topics match the pattern: %s", ", ".join(new),
                      extra={"pattern": settings.input_pattern})

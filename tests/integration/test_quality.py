@@ -97,9 +97,12 @@ async def test_quality_and_daily_summary_count_every_kind_of_reading(
         s: sum(e["severity"] == s for e in raised) for s in ("low", "medium", "high")}
     assert today["anomalies"]["repeats_in_cooldown"] == sum(e["suppressed"] for e in events)
 
-    # the same figures on /metrics
-    samples = worker.metrics()
-    assert samples[("sensorstream_quality_readings", frozenset({("kind", "received")}))] == 131
+    # the same figures on /metrics (recomputed at most every 15 s: web/quality.py)
+    def current() -> dict | None:
+        samples = worker.metrics()
+        key = ("sensorstream_quality_readings", frozenset({("kind", "received")}))
+        return samples if samples.get(key) == 131 else None
+    samples = await eventually(current, "quality figures on /metrics", 40, interval=1)
     assert samples[("sensorstream_quality_readings", frozenset({("kind", "dead_letter")}))] == 2
     assert samples[("sensorstream_sensor_completeness_percent",
                     frozenset({("sensor_id", "q1")}))] == 100.0
