@@ -24,7 +24,8 @@ from tests.integration.harness import Worker, counter, http_get
 PARTITIONS = 8
 #: Metrics per simulated reading (temperature, humidity, light, voltage).
 METRICS = 4
-POLL_S = 0.25
+#: A scrape of /metrics costs the worker ~50 ms: poll about once a second.
+POLL_S = 1.0
 
 
 def worker_env(env: dict[str, str], topic: str) -> dict[str, str]:
@@ -37,8 +38,7 @@ def worker_env(env: dict[str, str], topic: str) -> dict[str, str]:
             "SENSORSTREAM_ANOMALIES_TOPIC": f"{app_id}-anomalies",
             "SENSORSTREAM_PARTITIONS": str(PARTITIONS),
             "SENSORSTREAM_PG_SCHEMA": app_id.replace("-", "_"),
-            "SENSORSTREAM_LAKE_URL": f"{lake.rstrip('/')}/{app_id}" if lake else "",
-            "SENSORSTREAM_LOG_LEVEL": "info"}
+            "SENSORSTREAM_LAKE_URL": f"{lake.rstrip('/')}/{app_id}" if lake else "",}
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -49,7 +49,8 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def _progress(worker: Worker, topic: str) -> tuple[float, float, float, float]:
-    """Readings in, metric values accepted, and rows stored by each sink."""
+    """Metric values taken in and classified (accepted, duplicate, late or missing),
+    accepted, and rows stored by each sink."""
     samples = worker.metrics()
     return (counter(samples, "sensorstream_readings_in_total", topic=topic),
             counter(samples, "sensorstream_readings_accepted_total", topic=topic),
@@ -71,7 +72,7 @@ async def throughput(env: dict[str, str], topic: str, readings: int, workdir: Pa
         await worker.ready(180)
         ready_s = time.perf_counter() - started
         values = readings * METRICS
-        first = processed = stored = None
+        first = processed = stored = None  # the values in is counted once classified
         end = time.monotonic() + deadline
         while stored is None:
             if worker.process.poll() is not None:
@@ -83,9 +84,9 @@ async def throughput(env: dict[str, str], topic: str, readings: int, workdir: Pa
             now = time.perf_counter()
             if first is None and n_in > 0:
                 first = now - POLL_S / 2  # it started within the last poll interval
-            if processed is None and accepted >= values:
+            if processed is None and n_in >= values:
                 processed = now
-            if pg >= values and lake >= values:
+            if processed is not None and pg >= accepted and lake >= accepted:
                 stored = now
             await asyncio.sleep(POLL_S)
         result = {"readings": readings, "ready_s": ready_s,

@@ -28,7 +28,7 @@ from bench.peers.progress import INTERVAL_S, write_progress
 METRICS = ("temperature", "humidity", "light", "voltage")
 
 
-class Counter:
+class ReadingCounter:
     """Readings that reached the window; written from the processing thread only."""
 
     def __init__(self) -> None:
@@ -38,7 +38,7 @@ class Counter:
         self.n += 1
 
 
-def report(path: str, counter: Counter, stop: threading.Event) -> None:
+def report(path: str, counter: ReadingCounter, stop: threading.Event) -> None:
     while not stop.wait(INTERVAL_S):
         write_progress(path, counter.n)
 
@@ -60,7 +60,7 @@ def main() -> None:
     sdf = sdf.apply(lambda value: value.get("readings") or [value], expand=True)
     if os.environ.get("BENCH_QUIX_REKEY", "1") != "0":
         sdf = sdf.group_by(lambda reading: reading["mote_id"], name="mote")
-    counter = Counter()
+    counter = ReadingCounter()
     sdf = sdf.set_timestamp(event_ms).update(counter)
     aggregates: dict[str, Any] = {"count": Count()}
     for metric in METRICS:
@@ -73,7 +73,7 @@ def main() -> None:
     if path:
         threading.Thread(target=report, args=(path, counter, stop), daemon=True).start()
     try:
-        app.run(sdf)
+        app.run()
     finally:
         stop.set()
         if path:
