@@ -45,7 +45,8 @@ simulate: setup
 
 ## Benchmarks (ratios against a baseline measured in the same run).
 bench: setup
-	$(BIN)/python -m bench.ingest $(ARGS)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.compare $(ARGS)
 
 ## Precision, recall and latency of the anomaly detectors per injected class, on a stack of its own.
 anomaly-eval: setup

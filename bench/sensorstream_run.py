@@ -86,7 +86,8 @@ async def throughput(env: dict[str, str], topic: str, readings: int, workdir: Pa
                 first = now - POLL_S / 2  # it started within the last poll interval
             if processed is None and n_in >= values:
                 processed = now
-            if processed is not None and pg >= accepted and lake >= accepted:
+            sinks = wenv.get("SENSORSTREAM_SINKS", "auto")
+            if processed is not None and (sinks == "none" or (pg >= accepted and lake >= accepted)):
                 stored = now
             await asyncio.sleep(POLL_S)
         result = {"readings": readings, "ready_s": ready_s,
@@ -112,7 +113,7 @@ def count_table_keys(data_dir: Path) -> int:
             continue
         store = Rdict(str(db), access_type=AccessType.read_only())
         try:
-            total += sum(1 for _ in store.keys())
+            total += sum(1 for _ in store.keys())  # noqa: SIM118 (an Rdict iterates items)
         finally:
             store.close()
     return total

@@ -244,6 +244,10 @@ class Batch:
             record = orjson.loads(raw) if raw is not None else None
         return record
 
+    def sensors(self) -> Iterator[str]:
+        """The sensors this batch has read so far."""
+        return iter(self._latest)
+
     def last_seen(self, sensor_id: str) -> int | None:
         """The sensor's newest reading time, this batch's readings included."""
         record = self._latest_record(sensor_id)
