@@ -48,18 +48,20 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def _progress(worker: Worker, topic: str) -> tuple[float, float, float, float]:
-    """Metric values taken in and classified (accepted, duplicate, late or missing),
-    accepted, and rows stored by each sink."""
+def _progress(worker: Worker, topic: str) -> tuple[float, float, float, float, float]:
+    """Input messages validated, metric values classified (accepted, duplicate, late or
+    missing), accepted, and rows stored by each sink."""
     samples = worker.metrics()
-    return (counter(samples, "sensorstream_readings_in_total", topic=topic),
+    return (counter(samples, "sensorstream_messages_in_total", topic=topic),
+            counter(samples, "sensorstream_readings_in_total", topic=topic),
             counter(samples, "sensorstream_readings_accepted_total", topic=topic),
             counter(samples, "sensorstream_sink_rows_total", sink="postgres",
                     dataset="readings"),
             counter(samples, "sensorstream_sink_rows_total", sink="lake", dataset="readings"))
 
 
-async def throughput(env: dict[str, str], topic: str, readings: int, workdir: Path,
+async def throughput(env: dict[str, str], topic: str, readings: int, messages: int,
+                     workdir: Path,
                      deadline: float = 900.0, keep: bool = False) -> dict[str, Any]:
     """Drain a backlog of ``readings`` already in ``topic``: seconds from the first
     reading taken in to all accepted into the windows, and to all stored by both sinks."""
@@ -72,7 +74,7 @@ async def throughput(env: dict[str, str], topic: str, readings: int, workdir: Pa
         await worker.ready(180)
         ready_s = time.perf_counter() - started
         values = readings * METRICS
-        first = processed = stored = None  # the values in is counted once classified
+        first = validated = processed = stored = None
         end = time.monotonic() + deadline
         while stored is None:
             if worker.process.poll() is not None:
@@ -80,10 +82,12 @@ async def throughput(env: dict[str, str], topic: str, readings: int, workdir: Pa
             if time.monotonic() > end:
                 raise RuntimeError(f"not stored within {deadline:.0f} s: "
                                    f"{_progress(worker, topic)} of {values}")
-            n_in, accepted, pg, lake = _progress(worker, topic)
+            n_messages, n_in, accepted, pg, lake = _progress(worker, topic)
             now = time.perf_counter()
-            if first is None and n_in > 0:
+            if first is None and n_messages > 0:
                 first = now - POLL_S / 2  # it started within the last poll interval
+            if validated is None and n_messages >= messages:
+                validated = now
             if processed is None and n_in >= values:
                 processed = now
             sinks = wenv.get("SENSORSTREAM_SINKS", "auto")
@@ -91,6 +95,7 @@ async def throughput(env: dict[str, str], topic: str, readings: int, workdir: Pa
                 stored = now
             await asyncio.sleep(POLL_S)
         result = {"readings": readings, "ready_s": ready_s,
+                  "validated_per_s": readings / (validated - first),
                   "processed_s": processed - first, "stored_s": stored - first,
                   "processed_per_s": readings / (processed - first),
                   "stored_per_s": readings / (stored - first),
