@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from bench.peers.run import vmhwm_mib
 from tests.integration.harness import Worker, counter, http_get
 
 PARTITIONS = 8
@@ -42,10 +43,8 @@ def worker_env(env: dict[str, str], topic: str) -> dict[str, str]:
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    peak = vmhwm_mib(pid)
+    return float("nan") if peak is None else peak
 
 
 def _progress(worker: Worker, topic: str) -> tuple[float, float, float, float, float]:
