@@ -129,10 +129,9 @@ def records_of(message: Message) -> list[Record]:
 class Consumer(driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Per bulk partition, the offset after the last bundle handed over, and the
+        #: Per bulk partition: the offset after the last bundle handed over, and the
         #: rebalance generation it was handed over in.
-        self._bundle_end: dict[TP, int] = {}
-        self._bundle_generation: dict[TP, int | None] = {}
+        self._bundle_end: dict[TP, tuple[int, int | None]] = {}
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -152,14 +151,13 @@ class Consumer(driver.Consumer):
     def _to_message(self, tp: TP, record: Any) -> ConsumerMessage:
         if not isinstance(record, _Fetched):
             return super()._to_message(tp, record)
+        generation = self.app.consumer_generation_id
         first = record.records[0].offset
-        end = self._bundle_end.get(tp)
-        if end is not None and end < first and self.app.consumer_generation_id == \
-                self._bundle_generation.get(tp):
+        end, then = self._bundle_end.get(tp, (None, None))
+        if end is not None and end < first and then == generation:
             first = end  # a gap in the log: nothing there to process, ack it with these
-        self._bundle_end[tp] = record.records[-1].offset + 1
-        self._bundle_generation[tp] = self.app.consumer_generation_id
-        return Bundle(tp, record.records, first, self.app.consumer_generation_id)
+        self._bundle_end[tp] = (record.records[-1].offset + 1, generation)
+        return Bundle(tp, record.records, first, generation)
 
     async def seek(self, partition: TP, offset: int) -> None:
         self._bundle_end.pop(partition, None)
