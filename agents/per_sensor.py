@@ -129,6 +129,7 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
         _expiry.wrote((partition, app.consumer_generation_id, DAY), day_s)
     _expire(store, partition, batch.part["newest"])
     _count(batch)
+    await store.send_changes()
 
 
 def _check_silence(batch: Batch, judgement: Judgement, partition: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
 import math
 import random
 import sys
@@ -59,6 +60,7 @@ class Fleet:
         self.start_us = start_us if start_us is not None else int(time.time() * 1e6)
         locations = mote_locations()
         self.motes: list[Mote] = []
+        self._due: list[tuple[int, int, Mote]] = []
         for mote_id in range(1, sensors + 1):
             x, y = locations.get(str(mote_id)) or (self.rng.uniform(0, LAB_SIZE[0]),
                                               self.rng.uniform(0, LAB_SIZE[1]))
@@ -74,14 +76,20 @@ class Fleet:
 
     def readings(self) -> Iterator[dict[str, Any]]:
         """Endless readings, each the next one due across the fleet."""
+        # A heap by (due time, mote id): the same order as a scan for the earliest,
+        # at log n per reading, so 100,000 sensors are as quick to simulate as 54.
+        due = [(m.due_us, m.mote_id, m) for m in self.motes]
+        heapq.heapify(due)
+        self._due = due
         while True:
-            mote = min(self.motes, key=lambda m: m.due_us)
+            _due_us, _mote_id, mote = due[0]
             yield self._reading(mote)
             jitter = self.rng.uniform(-0.03, 0.03) * self.interval_us
             mote.due_us += int(self.interval_us + jitter)
+            heapq.heapreplace(due, (mote.due_us, mote.mote_id, mote))
 
     def next_due_us(self) -> int:
-        return min(m.due_us for m in self.motes)
+        return self._due[0][0] if self._due else min(m.due_us for m in self.motes)
 
     def _reading(self, mote: Mote) -> dict[str, Any]:
         rng = self.rng

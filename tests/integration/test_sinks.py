@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import duckdb
+import orjson
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,7 +19,7 @@ from app.contract import Contract, format_ts
 from app.settings import load
 from sinks.objectstore import S3Store
 
-from .harness import accounting, eventually, produce
+from .harness import accounting, eventually, produce, read_all
 from .test_windows import (
     WINDOW_ENV,
     assert_matches,
@@ -94,6 +95,16 @@ async def pg_aggregates(env: dict[str, str]) -> dict:
         body["last"] = format_ts(us(r["last"])) if r["last"] else None
         found[(r["window_size"], format_ts(us(r["window_start"])), r["sensor_id"],
                r["metric"])] = body
+    return found
+
+
+async def emitted_windows(bootstrap: str, topic: str) -> dict[tuple, int]:
+    """Every window key in the aggregates topic -> the partition it is in."""
+    found = {}
+    for record in await read_all(bootstrap, topic, deadline=30):
+        body = orjson.loads(record.value)
+        found[(body["window"], body["window_start"], body["sensor_id"],
+               body["metric"])] = record.partition
     return found
 
 
@@ -200,7 +211,17 @@ async def test_three_sigkills_lose_nothing_and_duplicate_nothing_in_postgres_and
         return len(aggregates) >= len(reference)
     with contextlib.suppress(AssertionError):
         await eventually(all_windows, "every sealed window in PostgreSQL", 120, interval=2)
-    assert_matches(await pg_aggregates(env), reference)
+    stored = await pg_aggregates(env)
+    missing = set(reference) - set(stored)
+    if missing:  # say which stage lost them: never emitted, or emitted and not stored
+        in_topic = await emitted_windows(bootstrap, env["SENSORSTREAM_AGGREGATES_TOPIC"])
+        sunk = missing & set(in_topic)
+        partitions = sorted({p for k, p in in_topic.items() if k in sunk})
+        raise AssertionError(
+            f"{len(missing)} sealed windows missing from PostgreSQL: {len(sunk)} of them "
+            f"are in the aggregates topic (partitions {partitions}: the sink lost them), "
+            f"{len(missing) - len(sunk)} were never emitted; e.g. {sorted(missing)[:5]}")
+    assert_matches(stored, reference)
 
     lake = await sealed_lake(env, tmp_path / "lake")
     assert_exactly(lake_readings(lake), expected, "the sealed lake")

@@ -51,6 +51,7 @@ def test_durations(text, seconds):
     ("SENSORSTREAM_LAKE_URL", "file://relative/path", "three slashes"),
     ("SENSORSTREAM_LAKE_URL", "gs://bucket/x", "s3://BUCKET/PREFIX"),
     ("SENSORSTREAM_LAKE_STAGING_MAX_SIZE", "2GB", "512MiB"),
+    ("SENSORSTREAM_ROCKSDB_MEMORY", "1MiB", "at least 4MiB"),
     ("SENSORSTREAM_PG_SCHEMA", "Sensor-Stream", "SQL identifier"),
 ])
 def test_bad_values_name_the_setting(name, value, fragment):
