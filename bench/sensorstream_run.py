@@ -74,6 +74,7 @@ async def throughput(env: dict[str, str], topic: str, readings: int, messages: i
         ready_s = time.perf_counter() - started
         values = readings * METRICS
         first = validated = processed = stored = None
+        unanswered = 0
         end = time.monotonic() + deadline
         while stored is None:
             if worker.process.poll() is not None:
@@ -81,7 +82,12 @@ async def throughput(env: dict[str, str], topic: str, readings: int, messages: i
             if time.monotonic() > end:
                 raise RuntimeError(f"not stored within {deadline:.0f} s: "
                                    f"{_progress(worker, topic)} of {values}")
-            n_messages, n_in, accepted, pg, lake = _progress(worker, topic)
+            try:
+                n_messages, n_in, accepted, pg, lake = _progress(worker, topic)
+            except OSError:  # a scrape that timed out: the event loop was busy; count it
+                unanswered += 1
+                await asyncio.sleep(POLL_S)
+                continue
             now = time.perf_counter()
             if first is None and n_messages > 0:
                 first = now - POLL_S / 2  # it started within the last poll interval
@@ -98,10 +104,14 @@ async def throughput(env: dict[str, str], topic: str, readings: int, messages: i
                   "processed_s": processed - first, "stored_s": stored - first,
                   "processed_per_s": readings / (processed - first),
                   "stored_per_s": readings / (stored - first),
-                  "peak_rss_mib": peak_rss_mib(worker.process.pid)}
+                  "peak_rss_mib": peak_rss_mib(worker.process.pid),
+                  "unanswered_scrapes": unanswered}
         if keep:
             result["worker"] = worker
         return result
+    except BaseException:
+        worker.stop()
+        raise
     finally:
         if not keep:
             worker.stop()

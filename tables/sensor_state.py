@@ -103,10 +103,13 @@ def local_get(table: Collection, partition: int, key: str) -> bytes | None:
     return table.data._db_for_partition(partition).get(key.encode())  # type: ignore[attr-defined]
 
 
-def local_prefixed(table: Collection, prefix: str) -> Iterator[tuple[str, bytes]]:
-    """``(key, value)`` of the keys starting with ``prefix`` in the partitions this worker
-    serves (actives), partition by partition."""
-    for db in table.data._dbs_for_actives():  # type: ignore[attr-defined]
+def local_prefixed(table: Collection, prefix: str, partitions: list[int] | None = None,
+                   ) -> Iterator[tuple[str, bytes]]:
+    """``(key, value)`` of the keys starting with ``prefix`` in ``partitions`` (default:
+    the partitions this worker serves, actives), partition by partition."""
+    dbs = (table.data._dbs_for_actives() if partitions is None  # type: ignore[attr-defined]
+           else [table.data._db_for_partition(p) for p in partitions])  # type: ignore[attr-defined]
+    for db in dbs:
         for key, value in db.items(from_key=prefix.encode()):
             text = key.decode() if isinstance(key, bytes) else key
             if not text.startswith(prefix):

@@ -4,11 +4,12 @@
 - ``/sensors/{sensor_id}/quality``: one sensor's, routed to the worker that owns it;
 - ``/sensors/{sensor_id}/daily``: per day, the 1-day aggregate next to the day's
   anomaly counts by severity and its quality;
-- the same figures on ``/metrics`` (a collector that reads them at scrape time).
+- the same figures on ``/metrics`` (computed in the background, served at scrape time).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -107,13 +108,20 @@ def quality(sensor: Sensor, day_s: int) -> dict[str, Any]:
 
 
 def _local(day_s: int) -> list[dict[str, Any]]:
-    clocks = {partition: _clock(partition) for partition in local_partitions(state)}
+    partitions = local_partitions(state)
+    return [entry for p in partitions for entry in _sensor_entries(p, day_s)] + _unattributed(
+        partitions, day_s)
+
+
+def _sensor_entries(partition: int, day_s: int) -> list[dict[str, Any]]:
+    clock = _clock(partition)
+    return [quality(Sensor.read(key[len(LATEST):], orjson.loads(value), clock), day_s)
+            for key, value in local_prefixed(state, LATEST, [partition])]
+
+
+def _unattributed(partitions: list[int], day_s: int) -> list[dict[str, Any]]:
     found = []
-    for key, value in local_prefixed(state, LATEST):
-        sensor_id = key[len(LATEST):]
-        sensor = Sensor.read(sensor_id, orjson.loads(value), clocks[sensor_partition(sensor_id)])
-        found.append(quality(sensor, day_s))
-    for partition in clocks:
+    for partition in partitions:
         record = _get(partition, day_key(day_s, UNATTRIBUTED))
         if record is not None:
             found.append({"sensor_id": None, "date": _day_text(day_s),
@@ -204,29 +212,22 @@ class QualityCollector(Collector):
     """``/metrics``: this worker's share of the fleet's quality figures on the current
     day, and per sensor up to ``SENSORSTREAM_QUALITY_METRICS_SENSORS`` sensors.
 
-    The figures read every sensor's state on the event loop (~1 s per 100,000 sensors),
-    so they are recomputed at most every ``MIN_AGE_S``, and never more often than 20
-    times the last computation took: a scrape must not stall the stream."""
+    The figures read every sensor's state (~1 s per 100,000 sensors), so a scrape never
+    computes them: ``refresh_quality`` does, in the background, a partition at a time
+    (the stream runs in between), at most every ``MIN_AGE_S`` and never more often than
+    20 times the last computation took. A scrape serves the latest figures."""
 
     MIN_AGE_S = 15.0
 
     def __init__(self) -> None:
-        self._entries: list[dict[str, Any]] | None = None
-        self._due = 0.0
-
-    def _current(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        if self._entries is None or now >= self._due:
-            self._entries = _local(_default_day())
-            took = time.monotonic() - now
-            self._due = now + max(self.MIN_AGE_S, 20 * took)
-        return self._entries
+        self.figures: tuple[list[dict[str, Any]], dict[str, Any]] | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         if not app.started or app.consumer is None or not app.tables.recovery.completed.is_set():
             return
-        entries = self._current()
-        totals = daily.fleet(entries)
+        if self.figures is None:
+            return
+        entries, totals = self.figures
         readings = GaugeMetricFamily(
             "sensorstream_quality_readings",
             "Readings of the current UTC day on this worker's sensors, by kind", labels=["kind"])
@@ -270,4 +271,26 @@ class QualityCollector(Collector):
         yield from (completeness, freshness, rate)
 
 
-REGISTRY.register(QualityCollector())
+COLLECTOR = QualityCollector()
+REGISTRY.register(COLLECTOR)
+
+
+@app.task
+async def refresh_quality() -> None:
+    """Recompute the figures ``/metrics`` serves, yielding to the stream between
+    partitions."""
+    while True:
+        if not app.started or app.consumer is None or (
+                not app.tables.recovery.completed.is_set()):
+            await asyncio.sleep(1.0)
+            continue
+        began = time.monotonic()
+        day_s = _default_day()
+        partitions = local_partitions(state)
+        entries: list[dict[str, Any]] = []
+        for partition in partitions:
+            entries += _sensor_entries(partition, day_s)
+            await asyncio.sleep(0)
+        entries += _unattributed(partitions, day_s)
+        COLLECTOR.figures = entries, daily.fleet(entries)
+        await asyncio.sleep(max(QualityCollector.MIN_AGE_S, 20 * (time.monotonic() - began)))
