@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from tables.stats import Sketching
 from tables.windows import INTERVAL, LATEST, PART, describe, typical_interval, window_key
 from web.group import answer, gather
 from web.params import BadRequest, bad_request, scope, unknown_sensor
+
+log = logging.getLogger(__name__)
 
 DAY_WINDOW = next((size for size in settings.windows if size.seconds == DAY_S), None)
 MAX_DAYS = 366
@@ -285,12 +288,15 @@ async def refresh_quality() -> None:
             await asyncio.sleep(1.0)
             continue
         began = time.monotonic()
-        day_s = _default_day()
-        partitions = local_partitions(state)
-        entries: list[dict[str, Any]] = []
-        for partition in partitions:
-            entries += _sensor_entries(partition, day_s)
-            await asyncio.sleep(0)
-        entries += _unattributed(partitions, day_s)
-        COLLECTOR.figures = entries, daily.fleet(entries)
+        try:
+            day_s = _default_day()
+            partitions = local_partitions(state)
+            entries: list[dict[str, Any]] = []
+            for partition in partitions:
+                entries += _sensor_entries(partition, day_s)
+                await asyncio.sleep(0)
+            entries += _unattributed(partitions, day_s)
+            COLLECTOR.figures = entries, daily.fleet(entries)
+        except Exception as exc:  # e.g. partitions moved meanwhile: the next round retries
+            log.warning("quality figures for /metrics not recomputed: %s", exc)
         await asyncio.sleep(max(QualityCollector.MIN_AGE_S, 20 * (time.monotonic() - began)))
