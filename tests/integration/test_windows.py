@@ -257,8 +257,13 @@ async def test_the_survivor_answers_the_killed_workers_windows(make_worker, app_
             return None
         return views if views == before else None
     await eventually(survivor_answers, "the survivor answers with identical windows", 120)
-    status, body = one.get(f"/locations/lab-a1/aggregates?window=1h&since={since}")
-    assert status == 200 and body["windows"] and body["windows"][0]["sensors"] > 0, body
+    # The per-location stage is downstream of the per-sensor one: after the takeover it
+    # replays the killed worker's uncommitted location hand-overs, so poll (as above).
+    def location_answers():
+        status, body = one.get(f"/locations/lab-a1/aggregates?window=1h&since={since}")
+        ok = status == 200 and body["windows"] and body["windows"][0]["sensors"] > 0
+        return body if ok else None
+    await eventually(location_answers, "the survivor answers for lab-a1", 60)
     assert one.get("/locations/lab-a1/aggregates?window=5m")[0] == 400
     assert one.get("/locations/nowhere/aggregates")[0] == 404
     assert one.get(f"/sensors/{sensors[0]}/aggregates?window=7m")[0] == 400
