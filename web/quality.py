@@ -111,9 +111,16 @@ def quality(sensor: Sensor, day_s: int) -> dict[str, Any]:
 
 
 def _local(day_s: int) -> list[dict[str, Any]]:
+    return [entry for part in _local_parts(day_s) for entry in part]
+
+
+def _local_parts(day_s: int) -> Iterator[list[dict[str, Any]]]:
+    """The entries of each local partition, then the unattributed ones: a caller that
+    must not hold the event loop for all of them can yield in between."""
     partitions = local_partitions(state)
-    return [entry for p in partitions for entry in _sensor_entries(p, day_s)] + _unattributed(
-        partitions, day_s)
+    for partition in partitions:
+        yield _sensor_entries(partition, day_s)
+    yield _unattributed(partitions, day_s)
 
 
 def _sensor_entries(partition: int, day_s: int) -> list[dict[str, Any]]:
@@ -289,13 +296,10 @@ async def refresh_quality() -> None:
             continue
         began = time.monotonic()
         try:
-            day_s = _default_day()
-            partitions = local_partitions(state)
             entries: list[dict[str, Any]] = []
-            for partition in partitions:
-                entries += _sensor_entries(partition, day_s)
+            for part in _local_parts(_default_day()):
+                entries += part
                 await asyncio.sleep(0)
-            entries += _unattributed(partitions, day_s)
             COLLECTOR.figures = entries, daily.fleet(entries)
         except Exception as exc:  # e.g. partitions moved meanwhile: the next round retries
             log.warning("quality figures for /metrics not recomputed: %s", exc)
