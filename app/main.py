@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+from pathlib import Path
 
 import faust
 
@@ -25,6 +26,34 @@ def stop_startup(exc: _settings.SettingError) -> None:
     raise SystemExit(2) from None
 
 
+_dropped: list[str] = []
+
+
+def rebuild_tables_from_changelogs(tabledir: Path) -> None:
+    """Start every worker from its tables' changelogs, never from a local store.
+
+    After a crash the local RocksDB files can hold writes that never reached the
+    changelog (they were still in the producer's buffer). The window state is
+    recoverable from any prefix of its changelog (docs/windows.md), not from a store
+    that is ahead of it, so the worker drops the store and Faust recovers the tables.
+    """
+    if tabledir.exists():
+        shutil.rmtree(tabledir)
+        _dropped.append(str(tabledir))
+
+
+class Worker(faust.Worker):
+    """The ``worker`` command's worker: only it drops the local tables.
+
+    Faust sends ``on_worker_init`` for every ``faust -A app`` command (``load``,
+    ``replay``, ...), which may run beside a worker sharing its ``DATA_DIR``.
+    """
+
+    async def on_first_start(self) -> None:
+        rebuild_tables_from_changelogs(self.app.conf.tabledir)
+        await super().on_first_start()
+
+
 complete_flush.install()
 
 try:
@@ -38,7 +67,7 @@ app = faust.App(
     store="rocksdb://",
     datadir=settings.data_dir,
     origin="app",
-    autodiscover=["agents", "web"],
+    autodiscover=["agents", "web", "app.commands"],
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
     consumer_auto_offset_reset=settings.offset_reset,
@@ -52,30 +81,13 @@ app = faust.App(
     key_serializer="raw",
     value_serializer="raw",
     logging_config=logging_config(),
+    Worker=Worker,
 )
-
-
-@app.on_worker_init.connect
-def rebuild_tables_from_changelogs(sender: faust.App, **_kwargs: object) -> None:
-    """Start every worker from its tables' changelogs, never from a local store.
-
-    After a crash the local RocksDB files can hold writes that never reached the
-    changelog (they were still in the producer's buffer). The window state is
-    recoverable from any prefix of its changelog (docs/windows.md), not from a store
-    that is ahead of it, so the worker drops the store and Faust recovers the tables.
-    """
-    tabledir = sender.conf.tabledir
-    if tabledir.exists():
-        shutil.rmtree(tabledir)
-        _dropped.append(str(tabledir))
-
-
-_dropped: list[str] = []
 
 
 @app.task
 async def report_rebuild() -> None:
-    """Logged once the worker runs: logging is not set up yet at ``on_worker_init``."""
+    """Logged once the worker runs: logging is not set up yet at the first start."""
     for tabledir in _dropped:
         logging.getLogger(__name__).info("local tables dropped: rebuilt from their changelogs",
                                          extra={"tabledir": tabledir})
