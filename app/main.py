@@ -9,7 +9,7 @@ from pathlib import Path
 
 import faust
 
-from app import complete_flush
+from app import auth, complete_flush
 from app import settings as _settings
 from app.contract import MAX_RECORD_BYTES
 from app.logs import JsonFormatter, logging_config
@@ -82,6 +82,8 @@ app = faust.App(
     value_serializer="raw",
     logging_config=logging_config(),
     Worker=Worker,
+    web_application_options={
+        "middlewares": [auth.middleware(settings.api_tokens, settings.protect_reads)]},
 )
 
 

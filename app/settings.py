@@ -177,6 +177,38 @@ def _rocksdb_memory(text: str) -> int:
     return size
 
 
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_TOKEN_CHARS = 16
+
+
+def _api_tokens(text: str) -> dict[str, str]:
+    """``NAME:TOKEN,...`` -> ``{token: name}``; errors name the entry, never the token."""
+    tokens: dict[str, str] = {}
+    for number, part in enumerate((p for p in text.split(",") if p.strip()), start=1):
+        name, sep, token = part.strip().partition(":")
+        if not sep or not _TOKEN_NAME.fullmatch(name):
+            raise ValueError(f"entry {number}: expected NAME:TOKEN, NAME of letters, digits, "
+                             "'.', '_' or '-'")
+        if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+            raise ValueError(f"the token of {name!r} must be at least {MIN_TOKEN_CHARS} "
+                             "characters without spaces")
+        if name in tokens.values():
+            raise ValueError(f"the name {name!r} is listed twice")
+        if token in tokens:
+            raise ValueError(f"the token of {name!r} is the same as another's")
+        tokens[token] = name
+    return tokens
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.strip() not in options:
@@ -316,6 +348,8 @@ class Spec:
     default: str
     parse: Callable[[str], Any]
     doc: str
+    #: A secret's value never appears in an error or a log line.
+    secret: bool = False
 
     @property
     def env(self) -> str:
@@ -373,6 +407,14 @@ SPECS: tuple[Spec, ...] = (
          "Port of the HTTP server."),
     Spec("CANONICAL_URL", "", _http_url,
          "URL other workers use to reach this one; default `http://WEB_HOST:WEB_PORT`."),
+    Spec("API_TOKENS", "", _api_tokens,
+         "Bearer tokens of the HTTP API, `NAME:TOKEN` comma-separated (each token at least "
+         "16 characters). Every request that changes state needs one (`Authorization: "
+         "Bearer TOKEN`); the name is logged with what it did. Unset: such requests get 401.",
+         secret=True),
+    Spec("PROTECT_READS", "false", _flag,
+         "`true`: the read views and `/metrics` need a token of `API_TOKENS` too; "
+         "`/health` and `/ready` stay open for probes."),
     Spec("BATCH_SIZE", "1000", _int_in(1, 1_000_000),
          "Most input messages validated and forwarded as one batch."),
     Spec("BATCH_WINDOW", "100ms", _positive_duration,
@@ -574,7 +616,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[spec.key] = spec.parse(text)
         except ValueError as exc:
-            raise SettingError(spec.env, text, str(exc)) from None
+            raise SettingError(spec.env, "***" if spec.secret else text, str(exc)) from None
     settings = Settings(values, frozenset(explicit))
     _cross_check(settings)
     return settings
@@ -603,6 +645,9 @@ def _cross_check(settings: Settings) -> None:
                 settings, needs.lower()):
             raise SettingError(PREFIX + "SINKS", ",".join(settings.sinks),
                                f"the {name} sink needs {PREFIX}{needs}")
+    if settings.protect_reads and not settings.api_tokens:
+        raise SettingError(PREFIX + "PROTECT_READS", "true",
+                           f"protected reads need a token in {PREFIX}API_TOKENS")
     pattern = settings.input_pattern
     if pattern:
         clash = sorted(t for t in settings.internal_topics if re.fullmatch(pattern, t))

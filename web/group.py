@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.main import app
+from app.auth import service_headers
+from app.main import app, settings
 
 
 async def _remote(url: str, path: str, field: str) -> list[dict[str, Any]]:
     separator = "&" if "?" in path else "?"
-    async with app.http_client.get(f"{url}{path}{separator}scope=local",
-                                   timeout=5) as response:
+    async with app.http_client.get(
+            f"{url}{path}{separator}scope=local", timeout=5,
+            headers=service_headers(settings.api_tokens, settings.protect_reads)) as response:
         response.raise_for_status()
         return (await response.json())[field]
 
