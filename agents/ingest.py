@@ -17,6 +17,7 @@ from faust.types import EventT
 
 from app import metrics
 from app.contract import Contract, Reading, Source, dead_letter, encode_batches, now_us
+from app.logs import Throttle
 from app.main import app, settings
 from app.reread import Positions
 from app.topics import BOOTSTRAP, by_sensor, dead_letters, readings, sensor_partition
@@ -30,6 +31,9 @@ contract = Contract.from_settings(settings)
 #: partition of the per-sensor stage was told of it (watermarks, tables.windows).
 _newest: dict[str, int] = {}
 _told: defaultdict[int, dict[str, int]] = defaultdict(dict)
+#: One info line per input topic and reason every 10 s shows an example dead letter
+#: (the rest go to the debug level; the counters count every one).
+_dead_letter_lines = Throttle(10.0)
 
 
 @app.agent(readings, name="ingest")
@@ -77,11 +81,16 @@ async def _with_skipped(messages: list[Message]) -> list[Message]:
     async for topic, partition, offset, key, value, ts in _positions.skipped(firsts):
         skipped.append(Message(Source(topic, partition, offset, ts), key, value))
     if skipped:
-        log.warning("the consumer skipped %d input messages: read them back", len(skipped),
-                    extra={"partitions": sorted({f"{m.source.topic}:{m.source.partition}"
-                                                 for m in skipped})})
+        runs: dict[tuple[str, int], list[int]] = {}
         for message in skipped:
             metrics.INPUT_REFETCHED.labels(message.source.topic).inc()
+            runs.setdefault((message.source.topic, message.source.partition), []).append(
+                message.source.offset)
+        for (topic, partition), offsets in runs.items():
+            log.warning("the consumer skipped %d input messages: read them back",
+                        len(offsets), extra={"topic": topic, "partition": partition,
+                                             "offset": min(offsets),
+                                             "last_offset": max(offsets)})
     return skipped + messages if skipped else messages
 
 
@@ -111,9 +120,12 @@ async def forward(messages: list[Message]) -> None:
             metrics.DEAD_LETTERED.labels(topic, rejection.reason).inc()
             sensor_id = rejection.sensor_id or UNATTRIBUTED
             dead[sensor_partition(sensor_id)][sensor_id] += 1
-            log.debug("dead-lettered: %s", rejection.message, extra={
-                "topic": topic, "partition": source.partition, "offset": source.offset,
-                "reason": str(rejection.reason)})
+            held = _dead_letter_lines.allow((topic, rejection.reason))
+            log.log(logging.DEBUG if held is None else logging.INFO,
+                    "dead-lettered: %s", rejection.message, extra={
+                        "topic": topic, "partition": source.partition, "offset": source.offset,
+                        "reason": str(rejection.reason), "sensor_id": rejection.sensor_id,
+                        "similar_since_last_line": held})
         for reading in parsed.readings:
             routed[sensor_partition(reading.sensor_id)].append((reading, source, now))
             if reading.ts > _newest.get(source.input_partition, -1):

@@ -78,8 +78,10 @@ async def _apply_skipped(partition: int, start: int, end: int) -> None:
     """Apply the hand-overs the consumer skipped, read back from the topic. Faust's
     consumer can drop fetched messages around recovery and rebalances and then commit
     past them; without this their readings would be lost (app/reread.py)."""
+    where = {"topic": by_sensor.get_topic_name(), "partition": partition, "offset": start,
+             "last_offset": end - 1}
     log.warning("the consumer skipped %d hand-overs: reading them back", end - start,
-                extra={"partition": partition, "from_offset": start, "to_offset": end})
+                extra=where)
     applied = 0
     async for offset, _key, value, _ts in read_range(BOOTSTRAP, by_sensor.get_topic_name(),
                                                      partition, start, end):
@@ -89,7 +91,7 @@ async def _apply_skipped(partition: int, start: int, end: int) -> None:
     if applied < end - start:
         metrics.HANDOVERS_UNRECOVERABLE.labels(str(partition)).inc(end - start - applied)
         log.error("%d skipped hand-overs are no longer in the topic", end - start - applied,
-                  extra={"partition": partition, "from_offset": start, "to_offset": end})
+                  extra=where)
 
 
 async def apply_batch(partition: int, value: bytes, offset: int) -> None:

@@ -143,9 +143,11 @@ async def _consume(stream: Any, dataset: Dataset,
                 {(topic, partition): records[0].offset}):
             log.warning("the consumer skipped a message: read it back", extra={
                 "topic": topic, "partition": partition, "offset": offset})
-            await delivery.add(partition, list(rows_of(value, partition, offset)), None)
+            await delivery.add(partition, list(rows_of(value, partition, offset)), None,
+                               topic, (offset, offset))
         rows = [row for r in records for row in rows_of(r.value, partition, r.offset)]
-        await delivery.add(partition, rows, event.ack)
+        await delivery.add(partition, rows, event.ack, topic,
+                           (records[0].offset, records[-1].offset))
         positions.advance(topic, partition, records[-1].offset)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from app.metrics import BulkHistogram
 from sinks.records import Dataset
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,31 @@ PAUSED_SECONDS = Counter("sensorstream_sink_paused_seconds",
                          "Time the worker's partitions were paused for a degraded sink")
 PAUSED = Gauge("sensorstream_sink_paused", "1 while the worker's partitions are paused "
                "because a sink is degraded")
+EVENT_TO_SINK = BulkHistogram(
+    "sensorstream_event_to_sink_seconds",
+    "From a row's event time (a reading's time, a window's end) to the moment the sink "
+    "stored its batch", ["sink", "dataset"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600,
+             86400))
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Rows of one dataset from one source partition (a sink may lay them out by it)."""
+    """Rows of one dataset from one source partition (a sink may lay them out by it);
+    ``topic`` and the ``offsets`` (first, last) of the messages they came from, when
+    known, say where they came from in the logs."""
 
     dataset: Dataset
     partition: int
     rows: list[tuple]
+    topic: str | None = None
+    offsets: tuple[int, int] | None = None
+
+    def where(self) -> dict[str, Any]:
+        """Log context: ``topic``, ``partition``, ``offset`` (the first), ``last_offset``."""
+        first, last = self.offsets if self.offsets is not None else (None, None)
+        return {"dataset": self.dataset.name, "topic": self.topic,
+                "partition": self.partition, "offset": first, "last_offset": last}
 
 
 class Sink(ABC):
@@ -182,14 +199,14 @@ class Guarded:
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
                     log.warning("sink %s failed; retrying until it recovers: %s", self.name,
-                                self.last_error, extra={"sink": self.name,
-                                                        "dataset": batch.dataset.name})
+                                self.last_error, extra={"sink": self.name, **batch.where()})
                 if stopping():
                     return False
                 RETRIES.labels(*labels).inc()
                 await asyncio.sleep(self.backoff.delay(attempt))
                 attempt += 1
                 continue
+            EVENT_TO_SINK.observe_ages(labels, event_times(batch), now_us())
             WRITE_SECONDS.labels(*labels).observe(time.monotonic() - started)
             BATCH_ROWS.labels(*labels).observe(len(batch.rows))
             ROWS_WRITTEN.labels(*labels).inc(len(batch.rows))
@@ -198,13 +215,25 @@ class Guarded:
             SINK_UP.labels(self.name).set(1)
             if self.failing_since is not None:
                 log.info("sink %s recovered after %.1f s", self.name,
-                         time.monotonic() - self.failing_since, extra={"sink": self.name})
+                         time.monotonic() - self.failing_since,
+                         extra={"sink": self.name, **batch.where()})
                 self.failing_since = None
                 self.last_error = None
             return True
 
 
+def event_times(batch: Batch) -> list[int | None]:
+    """The event time (µs) of every row of ``batch``."""
+    at = batch.dataset.event_time_index
+    return [row[at] for row in batch.rows]
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
 Ack = Callable[[], Any]
+Source = tuple[str | None, tuple[int, int]]  #: a topic, and the (first, last) offsets
 
 
 class Delivery:
@@ -223,6 +252,8 @@ class Delivery:
         self.max_rows = max_rows
         self.max_wait = max_wait
         self._rows: dict[int, list[tuple]] = {}
+        #: Per partition: the source topic and the (first, last) offsets of the batch.
+        self._sources: dict[int, Source] = {}
         self._size = 0
         self._acks: list[Ack] = []
         self._oldest: float | None = None
@@ -256,13 +287,22 @@ class Delivery:
             await asyncio.sleep(0.05)
         await self._idle.wait()
 
-    async def add(self, partition: int, rows: list[tuple], ack: Ack | None) -> None:
+    async def add(self, partition: int, rows: list[tuple], ack: Ack | None,
+                  topic: str | None = None, offsets: tuple[int, int] | None = None,
+                  ) -> None:
+        """Add the rows of the messages at ``offsets`` (first, last) of ``topic`` and
+        ``partition``; the topic and offsets only tell the logs where a batch came from."""
         while self._size >= self.max_rows and not self._idle.is_set():
             self._room.clear()
             await self._room.wait()  # backpressure: the batch in flight must finish first
         if rows:
             self._rows.setdefault(partition, []).extend(rows)
             self._size += len(rows)
+        if offsets is not None:
+            known = self._sources.get(partition)
+            if known is not None:
+                offsets = min(offsets[0], known[1][0]), max(offsets[1], known[1][1])
+            self._sources[partition] = (topic, offsets)
         if ack is not None:
             self._acks.append(ack)
         if self._oldest is None:
@@ -286,23 +326,26 @@ class Delivery:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), left)
                 continue
-            rows, acks = self._rows, self._acks
+            rows, acks, sources = self._rows, self._acks, self._sources
             self._rows, self._acks, self._size, self._oldest = {}, [], 0, None
+            self._sources = {}
             self._idle.clear()
             try:
-                if await self._write_all(rows):
+                if await self._write_all(rows, sources):
                     for ack in acks:
                         ack()
             finally:
                 self._idle.set()
                 self._room.set()
 
-    async def _write_all(self, rows: dict[int, list[tuple]]) -> bool:
+    async def _write_all(self, rows: dict[int, list[tuple]],
+                         sources: dict[int, Source]) -> bool:
         def stopping() -> bool:
             return self._stopping
 
         for partition, part_rows in rows.items():
-            batch = Batch(self.dataset, partition, part_rows)
+            topic, offsets = sources.get(partition, (None, None))
+            batch = Batch(self.dataset, partition, part_rows, topic, offsets)
             results = await asyncio.gather(*(g.write(batch, stopping) for g in self.sinks))
             if not all(results):
                 return False

@@ -292,7 +292,8 @@ class LakeSink(Sink):
                     raise
                 except Exception as exc:
                     log.warning("sealing %s of partition %d failed; retried later: %s",
-                                *period, exc)
+                                *period, exc, extra={"directory": period[0],
+                                                     "partition": period[1]})
                     self._open[period] = now - self.seal_idle + interval * 4
 
     async def seal(self, period: Period) -> int:

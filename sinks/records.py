@@ -37,6 +37,9 @@ class Dataset:
     period_us: int  #: the lake's partition period: an hour for raw readings, else a day
     keep: str  #: "first" or "last" copy of a key, by (source_partition, source_offset)
     path_column: str | None = None  #: a column that becomes a hive directory, not a column
+    #: The column holding the row's event time (default ``time``): the reading's time, a
+    #: window's end. ``sensorstream_event_to_sink_seconds`` measures from it.
+    event_time: str | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -44,6 +47,10 @@ class Dataset:
 
     def index(self, column: str) -> int:
         return self.schema.get_field_index(column)
+
+    @property
+    def event_time_index(self) -> int:
+        return self.index(self.event_time or self.time)
 
     def file_schema(self) -> pa.Schema:
         """The schema of the Parquet files: without the column the path carries."""
@@ -115,7 +122,7 @@ AGGREGATES = Dataset(
         *_SOURCE,
     ]),
     key=("window", "sensor_id", "metric", "window_start"), time="window_start",
-    period_us=DAY_US, keep="last", path_column="window")
+    period_us=DAY_US, keep="last", path_column="window", event_time="window_end")
 
 ANOMALIES = Dataset(
     "anomalies",
