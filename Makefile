@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STACK_DIR := $(or $(SENSORSTREAM_STACK_DIR),.stack)
 
-.PHONY: setup demo test lint stack stack-down worker simulate bench anomaly-eval anomaly-latency clean
+.PHONY: setup demo test lint stack stack-down worker simulate load bench bench-load anomaly-eval anomaly-latency clean
 
 setup: $(STAMP)
 
@@ -43,10 +43,18 @@ worker: setup
 simulate: setup
 	set -a && . $(STACK_DIR)/env && set +a && $(BIN)/sensorstream-simulate $(ARGS)
 
+## Historical backfill against `make stack`: ARGS="FILE... [--format csv --map ...]" (README).
+load: setup
+	set -a && . $(STACK_DIR)/env && set +a && $(BIN)/faust -A app load $(ARGS)
+
 ## Benchmarks (ratios against a baseline measured in the same run).
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.compare $(ARGS)
+
+## Lines/s of `faust -A app load` into the broker, against raw aiokafka, on a stack of its own.
+bench-load: setup
+	$(BIN)/python -m bench.load $(ARGS)
 
 ## Precision, recall and latency of the anomaly detectors per injected class, on a stack of its own.
 anomaly-eval: setup
