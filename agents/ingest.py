@@ -20,7 +20,7 @@ from app.contract import Contract, Reading, Source, dead_letter, encode_batches,
 from app.logs import Throttle
 from app.main import app, settings
 from app.reread import Positions
-from app.topics import BOOTSTRAP, by_sensor, dead_letters, readings, sensor_partition
+from app.topics import KAFKA, by_sensor, dead_letters, readings, sensor_partition
 from app.transport import records_of
 from tables.daily import UNATTRIBUTED
 
@@ -62,7 +62,7 @@ def _messages(event: EventT) -> list[Message]:
 
 #: The next input offset this process expects per input partition: a message past it
 #: shows that the consumer skipped some (docs/windows.md, invariant 6).
-_positions = Positions(BOOTSTRAP, settings.app_id)
+_positions = Positions(KAFKA, settings.app_id)
 
 
 @app.on_partitions_assigned.connect

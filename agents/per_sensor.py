@@ -21,7 +21,7 @@ from app.contract import decode_batch, format_ts, now_us, parse_time
 from app.locations import location_of
 from app.main import app, settings
 from app.reread import read_range
-from app.topics import BOOTSTRAP, aggregates, anomalies, by_location, by_sensor, late
+from app.topics import KAFKA, aggregates, anomalies, by_location, by_sensor, late
 from tables import fault_rules
 from tables import locations as location_windows
 from tables.anomalies import RECENT, RECENT_DIGITS, Judgement
@@ -83,7 +83,7 @@ async def _apply_skipped(partition: int, start: int, end: int) -> None:
     log.warning("the consumer skipped %d hand-overs: reading them back", end - start,
                 extra=where)
     applied = 0
-    async for offset, _key, value, _ts in read_range(BOOTSTRAP, by_sensor.get_topic_name(),
+    async for offset, _key, value, _ts in read_range(KAFKA, by_sensor.get_topic_name(),
                                                      partition, start, end):
         await apply_batch(partition, value, offset)
         applied += 1

@@ -24,7 +24,7 @@ from faust.types import TP
 from app.contract import decode_batch
 from app.main import app, settings
 from app.reread import Positions
-from app.topics import BOOTSTRAP, aggregates, anomalies, by_sensor
+from app.topics import KAFKA, aggregates, anomalies, by_sensor
 from app.transport import records_of
 from sinks.active import DELIVERIES, SINKS, SOURCES, degraded, start_errors, started
 from sinks.base import PAUSED, PAUSED_SECONDS, Backoff
@@ -116,7 +116,7 @@ class SinkService(faust.Service):
                 log.warning("sink %s did not stop cleanly: %s", sink.name, exc)
 
 
-_positions = {name: Positions(BOOTSTRAP, settings.app_id) for name in SOURCES}
+_positions = {name: Positions(KAFKA, settings.app_id) for name in SOURCES}
 
 
 @app.on_partitions_assigned.connect

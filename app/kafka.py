@@ -1,16 +1,65 @@
-"""Keyword arguments of the project's own aiokafka clients (loader, replay, re-reads).
+"""How the project's Kafka clients reach the broker: address, SASL and TLS, from the settings.
 
-One place builds them from the settings, so every client the service opens reaches
-the broker the same way the Faust worker does.
+One place builds them, so every client the service opens (the Faust worker's, the
+loader's, replay's, the re-reads', the simulator's) connects the same way. No Faust
+import at module level: the simulator uses this without starting an app.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import ssl
+from typing import TYPE_CHECKING, Any
 
-from app.settings import Settings
+from app.settings import Settings, refuse_encrypted_key
+
+if TYPE_CHECKING:
+    from faust.types.auth import CredentialsT
+
+
+def uses_sasl(settings: Settings) -> bool:
+    return settings.kafka_security_protocol.startswith("SASL_")
+
+
+def uses_tls(settings: Settings) -> bool:
+    return settings.kafka_security_protocol.endswith("SSL")
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the ``SSL``/``SASL_SSL`` protocols (None otherwise): the CA file
+    or the system's CAs, the client certificate if any; host names are checked."""
+    if not uses_tls(settings):
+        return None
+    from aiokafka.helpers import create_ssl_context
+
+    return create_ssl_context(cafile=settings.kafka_ssl_cafile or None,
+                              certfile=settings.kafka_ssl_certfile or None,
+                              keyfile=settings.kafka_ssl_keyfile or None,
+                              password=refuse_encrypted_key)
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
     """``bootstrap_servers`` and the connection's security options for aiokafka."""
-    return {"bootstrap_servers": settings.bootstrap}
+    kwargs: dict[str, Any] = {"bootstrap_servers": settings.bootstrap,
+                              "security_protocol": settings.kafka_security_protocol}
+    if uses_sasl(settings):
+        kwargs.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                      sasl_plain_username=settings.kafka_sasl_username,
+                      sasl_plain_password=settings.kafka_sasl_password)
+    if uses_tls(settings):
+        kwargs["ssl_context"] = ssl_context(settings)
+    return kwargs
+
+
+def faust_credentials(settings: Settings) -> CredentialsT | None:
+    """``broker_credentials`` of the Faust app: the same protocol, SASL login and TLS
+    context as ``client_kwargs``; None for ``PLAINTEXT``."""
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    if uses_sasl(settings):
+        return SASLCredentials(username=settings.kafka_sasl_username,
+                               password=settings.kafka_sasl_password,
+                               mechanism=settings.kafka_sasl_mechanism,
+                               ssl_context=ssl_context(settings))
+    if uses_tls(settings):
+        return SSLCredentials(ssl_context(settings))
+    return None

@@ -13,7 +13,10 @@ import orjson
 
 _SECRET = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@\s]+)@"
-    r"|(?P<key>password|passwd|secret|token|aws_secret_access_key)(?P<sep>\s*[=:]\s*)(?P<val>[^\s,;&]+)",
+    # ``key=value``, ``key: value`` and the quoted forms of a dict's or JSON's repr
+    # (``'sasl_plain_password': '...'``).
+    r"|(?P<key>password|passwd|secret|token|aws_secret_access_key)(?P<sep>['\"]?\s*[=:]\s*)"
+    r"(?P<val>'[^']*'|\"[^\"]*\"|[^\s,;&'\"}]+)",
     re.IGNORECASE,
 )
 #: ``LogRecord`` attributes that are not extra context.
@@ -26,7 +29,8 @@ def mask_secrets(text: str) -> str:
     def repl(m: re.Match[str]) -> str:
         if m.group("scheme"):
             return f"{m.group('scheme')}{m.group('user')}:***@"
-        return f"{m.group('key')}{m.group('sep')}***"
+        quote = m.group("val")[0] if m.group("val")[0] in "'\"" else ""
+        return f"{m.group('key')}{m.group('sep')}{quote}***{quote}"
 
     return _SECRET.sub(repl, text)
 

@@ -12,6 +12,7 @@ import faust
 from app import auth, complete_flush
 from app import settings as _settings
 from app.contract import MAX_RECORD_BYTES
+from app.kafka import faust_credentials
 from app.logs import JsonFormatter, logging_config
 from app.transport import faust_broker_url
 
@@ -64,6 +65,7 @@ except _settings.SettingError as error:
 app = faust.App(
     settings.app_id,
     broker=faust_broker_url(settings.broker),
+    broker_credentials=faust_credentials(settings),
     store="rocksdb://",
     datadir=settings.data_dir,
     origin="app",

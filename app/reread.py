@@ -9,20 +9,21 @@ ingest stage compares with the group's committed offsets and its own position.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
-async def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int,
-                     deadline: float = 60.0,
+async def read_range(kafka: Mapping[str, Any], topic: str, partition: int, start: int,
+                     end: int, deadline: float = 60.0,
                      ) -> AsyncIterator[tuple[int, bytes | None, bytes | None, int | None]]:
     """``(offset, key, value, timestamp_ms)`` of the records from ``start`` up to ``end``
     (exclusive), in order. Offsets that no longer exist (retention) are skipped; the
-    caller sees them missing. Raises TimeoutError when the range is not read within ``deadline``."""
+    caller sees them missing. Raises TimeoutError when the range is not read within ``deadline``.
+    ``kafka``: the clients' connection options (``app.kafka.client_kwargs``)."""
     tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -42,12 +43,11 @@ async def read_range(bootstrap: str, topic: str, partition: int, start: int, end
         await consumer.stop()
 
 
-async def committed_offsets(bootstrap: str, group: str, tps: list[tuple[str, int]],
+async def committed_offsets(kafka: Mapping[str, Any], group: str, tps: list[tuple[str, int]],
                             ) -> dict[tuple[str, int], int]:
     """The offsets ``group`` has committed for ``tps`` (without joining the group);
     partitions it never committed are left out."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         found = {}
@@ -65,8 +65,8 @@ class Positions:
     skipped: Faust's consumer can drop fetched messages around recovery and rebalances
     and then commit past them. Reset it when partitions are assigned."""
 
-    def __init__(self, bootstrap: str, group: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: Mapping[str, Any], group: str) -> None:
+        self.kafka = kafka
         self.group = group
         self._expected: dict[tuple[str, int], int] = {}
 
@@ -81,13 +81,13 @@ class Positions:
         partition), read back from the broker."""
         unknown = [tp for tp in firsts if tp not in self._expected]
         if unknown:
-            committed = await committed_offsets(self.bootstrap, self.group, unknown)
+            committed = await committed_offsets(self.kafka, self.group, unknown)
             for tp in unknown:
                 self._expected[tp] = committed.get(tp, firsts[tp])
         for (topic, partition), first in firsts.items():
             start = self._expected[topic, partition]
             if first > start:
-                async for offset, key, value, ts in read_range(self.bootstrap, topic,
+                async for offset, key, value, ts in read_range(self.kafka, topic,
                                                                partition, start, first):
                     yield topic, partition, offset, key, value, ts
 

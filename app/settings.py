@@ -340,6 +340,36 @@ def _fraction(lo: float, hi: float) -> Callable[[str], float]:
     return parse
 
 
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class Secret(str):
+    """A password: a plain ``str`` to the clients, ``'***'`` in any repr (a logged dict of
+    client options, the settings object, a traceback's locals)."""
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+def _optional_choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.strip() and text.strip() not in options:
+            raise ValueError(f"expected one of: {', '.join(options)} (or unset)")
+        return text.strip()
+
+    return parse
+
+
+def _readable_file(text: str) -> str:
+    path = text.strip()
+    if path and not os.path.isfile(path):
+        raise ValueError("no such file")
+    if path and not os.access(path, os.R_OK):
+        raise ValueError("the file is not readable")
+    return path
+
+
 @dataclass(frozen=True)
 class Spec:
     """One setting: its name without the prefix, default, parser and meaning."""
@@ -394,6 +424,25 @@ SPECS: tuple[Spec, ...] = (
          "Consumer group session timeout: how long before a dead worker's partitions move."),
     Spec("HEARTBEAT_INTERVAL", "2s", _positive_duration,
          "Consumer group heartbeat interval (well below the session timeout)."),
+    Spec("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _choice(*KAFKA_PROTOCOLS),
+         "How every Kafka client of the service (workers, commands, simulator) reaches the "
+         "broker: `PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` or `SASL_SSL` (SASL over TLS)."),
+    Spec("KAFKA_SASL_MECHANISM", "", _optional_choice(*SASL_MECHANISMS),
+         "SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with the "
+         "`SASL_*` protocols, refused with the others."),
+    Spec("KAFKA_SASL_USERNAME", "", lambda text: text.strip(),
+         "SASL user name; required with the `SASL_*` protocols."),
+    Spec("KAFKA_SASL_PASSWORD", "", Secret,
+         "SASL password; required with the `SASL_*` protocols. Never logged.", secret=True),
+    Spec("KAFKA_SSL_CAFILE", "", _readable_file,
+         "PEM file of the CA certificates that sign the broker's certificate (`SSL`, "
+         "`SASL_SSL`); unset: the system's CAs. The broker's host name is always checked."),
+    Spec("KAFKA_SSL_CERTFILE", "", _readable_file,
+         "PEM client certificate (chain) for brokers that require TLS client "
+         "authentication (`SSL`, `SASL_SSL`)."),
+    Spec("KAFKA_SSL_KEYFILE", "", _readable_file,
+         "PEM private key of `KAFKA_SSL_CERTFILE`, unencrypted (unset: the key is in the "
+         "certificate file)."),
     Spec("DATA_DIR", "data", _nonempty,
          "Directory of the worker's RocksDB tables."),
     Spec("ROCKSDB_MEMORY", "32MiB", _rocksdb_memory,
@@ -622,7 +671,70 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
+def refuse_encrypted_key() -> str:
+    """``password`` callback of ``load_cert_chain``: without it OpenSSL would prompt on a
+    terminal for an encrypted key's passphrase, and a container's start-up would hang."""
+    raise ValueError("the private key is encrypted; give it decrypted (a passphrase is "
+                     "not supported)")
+
+
+def _check_kafka_security(settings: Settings) -> None:
+    """SASL settings only with, and all of them with, a SASL protocol; TLS files only with
+    a TLS protocol, and they must load: a certificate with its key, the key unencrypted."""
+    protocol = settings.kafka_security_protocol
+    uses = f"{PREFIX}KAFKA_SECURITY_PROTOCOL={protocol}"
+    sasl = protocol.startswith("SASL_")
+    for key in ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        value = settings.values[key]
+        shown = "***" if key == "KAFKA_SASL_PASSWORD" and value else value
+        if sasl and not value:
+            raise SettingError(PREFIX + key, shown, f"required with {uses}")
+        if not sasl and value:
+            raise SettingError(PREFIX + key, shown, f"set, but {uses} does not use SASL "
+                               "(SASL_PLAINTEXT or SASL_SSL do)")
+    tls = protocol.endswith("SSL")
+    files = {key: settings.values[key]
+             for key in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE")}
+    for key, path in files.items():
+        if path and not tls:
+            raise SettingError(PREFIX + key, path, f"set, but {uses} does not use TLS "
+                               "(SSL or SASL_SSL do)")
+    if not tls:
+        return
+    import ssl
+
+    cafile, certfile, keyfile = files.values()
+    if keyfile and not certfile:
+        raise SettingError(PREFIX + "KAFKA_SSL_KEYFILE", keyfile,
+                           f"a private key needs its certificate: set {PREFIX}KAFKA_SSL_CERTFILE")
+    for key, path in (("KAFKA_SSL_CAFILE", cafile), ("KAFKA_SSL_CERTFILE", certfile)):
+        if path:
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=path)
+            except (ssl.SSLError, OSError) as exc:
+                raise SettingError(PREFIX + key, path,
+                                   f"holds no PEM certificate that loads: {exc}") from None
+    if certfile:
+        try:
+            ssl.create_default_context().load_cert_chain(certfile, keyfile or None,
+                                                         password=refuse_encrypted_key)
+        except ValueError as exc:  # the callback's: an encrypted key
+            raise SettingError(PREFIX + ("KAFKA_SSL_KEYFILE" if keyfile else "KAFKA_SSL_CERTFILE"),
+                               keyfile or certfile, str(exc)) from None
+        except (ssl.SSLError, OSError) as exc:
+            if not keyfile:
+                raise SettingError(PREFIX + "KAFKA_SSL_CERTFILE", certfile,
+                                   f"holds no private key that loads: set "
+                                   f"{PREFIX}KAFKA_SSL_KEYFILE ({exc})") from None
+            problem = ("is not the key of the certificate in " + PREFIX + "KAFKA_SSL_CERTFILE"
+                       if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH"
+                       else "holds no PEM private key that loads")
+            raise SettingError(PREFIX + "KAFKA_SSL_KEYFILE", keyfile,
+                               f"{problem} ({exc})") from None
+
+
 def _cross_check(settings: Settings) -> None:
+    _check_kafka_security(settings)
     base = settings.windows[0]
     if settings.dedup_horizon > base.retention:
         raise SettingError(PREFIX + "DEDUP_HORIZON", str(settings.dedup_horizon),

@@ -20,7 +20,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,12 +219,13 @@ def messages(plan: Plan, summary: Counter[str], labels: list[Label] | None = Non
             yield ts, key, bad
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    """Create the input topic with its partition count before anything touches it."""
+async def ensure_topic(kafka: Mapping[str, Any], topic: str, partitions: int) -> None:
+    """Create the input topic with its partition count before anything touches it.
+    ``kafka``: the clients' connection options (``app.kafka.client_kwargs``)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka)
     await admin.start()
     try:
         if topic not in await admin.list_topics():
@@ -235,12 +236,12 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
         await admin.close()
 
 
-async def run(plan: Plan, bootstrap: str, topic: str, partitions: int,
+async def run(plan: Plan, kafka: Mapping[str, Any], topic: str, partitions: int,
               progress: bool = False, labels: list[Label] | None = None) -> Counter[str]:
     from aiokafka import AIOKafkaProducer
 
-    await ensure_topic(bootstrap, topic, partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+    await ensure_topic(kafka, topic, partitions)
+    producer = AIOKafkaProducer(**kafka, linger_ms=5,
                                 max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
     await producer.start()
     summary: Counter[str] = Counter()
@@ -283,6 +284,7 @@ def _start(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from app import settings as settings_mod
+    from app.kafka import client_kwargs
 
     parser = argparse.ArgumentParser(prog="sensorstream-simulate", description=__doc__)
     parser.add_argument("--sensors", type=int, default=54, help="motes (54 = the Intel Lab)")
@@ -331,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"simulating {args.sensors} sensors from {format_ts(start)} into {topic!r} at "
           f"{bootstrap}, speed {args.speed:g}x", file=sys.stderr, flush=True)
     try:
-        summary = asyncio.run(run(plan, bootstrap, topic, settings.partitions, progress=True,
-                                  labels=labels))
+        summary = asyncio.run(run(plan, client_kwargs(settings), topic, settings.partitions,
+                                  progress=True, labels=labels))
     except KeyboardInterrupt:
         return 130
     finally:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from app import settings as settings_mod
+from app.kafka import client_kwargs
 
 PG_USER = "sensorstream"
 PG_DATABASE = "sensorstream"
@@ -85,14 +86,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def kafka_answers(bootstrap: str) -> bool:
-    """True when a Kafka-protocol broker answers a metadata request."""
+def kafka_answers(bootstrap: str, **security: Any) -> bool:
+    """True when a Kafka-protocol broker answers a metadata request; ``security``: the
+    connection's SASL/TLS options (``app.kafka.client_kwargs``) for a broker not ours."""
     import logging
 
     from aiokafka import AIOKafkaClient
 
     async def probe() -> bool:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
+                                **security)
         try:
             await client.bootstrap()
             return True
@@ -199,8 +202,9 @@ class Stack:
     def _broker(self, previous: dict[str, Any] | None) -> dict[str, Any]:
         s = self.settings
         if s.is_set("BROKER"):
-            bootstrap = s.bootstrap
-            wait_until(lambda: kafka_answers(bootstrap), f"the broker at {s.broker} "
+            options = client_kwargs(s)
+            bootstrap = options.pop("bootstrap_servers")
+            wait_until(lambda: kafka_answers(bootstrap, **options), f"the broker at {s.broker} "
                        "(SENSORSTREAM_BROKER)", deadline=15)
             return {"started": False, "url": s.broker}
         if self._running(previous):

@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from app.contract import MAX_RECORD_BYTES
+from app.kafka import client_kwargs
 from app.main import app, settings, stop_startup
 from app.settings import PREFIX, SettingError
 from app.transport import BULK_TOPICS
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
 
 RETENTION_7D = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "delete",
                 "max.message.bytes": str(MAX_RECORD_BYTES + 64 * 1024)}
-BOOTSTRAP = settings.bootstrap
+#: How the service's own clients (re-reads, topic listing) reach the broker, SASL/TLS
+#: included: the same way as the worker's (app.kafka).
+KAFKA = client_kwargs(settings)
 
 
 def _own(topic: str) -> bool:
@@ -29,7 +32,7 @@ def _own(topic: str) -> bool:
 
 async def matching_topics(pattern: str) -> list[str]:
     """Existing topics that fully match ``pattern``, never the service's own."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**KAFKA, request_timeout_ms=10_000)
     await admin.start()
     try:
         names = await admin.list_topics()

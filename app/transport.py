@@ -37,14 +37,17 @@ FETCH_DEADLINE_S = 15.0
 
 
 async def log_end_offsets(bootstrap: str | list[str], listed: Mapping[TopicPartition, int],
-                          deadline: float = FETCH_DEADLINE_S) -> dict[TopicPartition, int]:
-    """The log end of each partition: a fetch's high watermark, never below ``listed``."""
+                          deadline: float = FETCH_DEADLINE_S, **security: Any,
+                          ) -> dict[TopicPartition, int]:
+    """The log end of each partition: a fetch's high watermark, never below ``listed``.
+    ``security``: the connection's aiokafka options (``security_protocol``, SASL, TLS)."""
     result = dict(listed)
     nonempty = [tp for tp, end in listed.items() if end and end > 0]
     if not nonempty:
         return result
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=1024)
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=1024,
+                                **security)
     await consumer.start()
     try:
         consumer.assign(nonempty)
@@ -72,9 +75,12 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         listed = await super()._highwaters(partitions)
         if self.consumer.in_transaction:
             return listed
+        conf = self.app.conf
         ends = await log_end_offsets(self._ensure_consumer()._client._bootstrap_servers,
                                      {TopicPartition(tp.topic, tp.partition): offset
-                                      for tp, offset in listed.items()})
+                                      for tp, offset in listed.items()},
+                                     **driver.credentials_to_aiokafka_auth(
+                                         conf.broker_credentials, conf.ssl_context))
         return {tp: ends[TopicPartition(tp.topic, tp.partition)] for tp in listed}
 
 
