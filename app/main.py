@@ -9,7 +9,7 @@ from pathlib import Path
 
 import faust
 
-from app import auth, complete_flush
+from app import auth, complete_flush, plugins
 from app import settings as _settings
 from app.contract import MAX_RECORD_BYTES
 from app.kafka import faust_credentials
@@ -62,6 +62,16 @@ try:
 except _settings.SettingError as error:
     stop_startup(error)
 
+
+def discovered() -> list[str]:
+    """The project's packages and the enabled plugins' modules (app.plugins), which Faust
+    scans at start-up; a plugin not installed or failing to import stops start-up."""
+    try:
+        return ["agents", "web", "app.commands", *plugins.modules(settings.plugins)]
+    except _settings.SettingError as error:
+        stop_startup(error)
+
+
 app = faust.App(
     settings.app_id,
     broker=faust_broker_url(settings.broker),
@@ -69,7 +79,7 @@ app = faust.App(
     store="rocksdb://",
     datadir=settings.data_dir,
     origin="app",
-    autodiscover=["agents", "web", "app.commands"],
+    autodiscover=discovered,
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
     consumer_auto_offset_reset=settings.offset_reset,

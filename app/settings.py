@@ -159,6 +159,23 @@ def _sinks(text: str) -> str | tuple[str, ...]:
     return names
 
 
+_PLUGIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _plugins(text: str) -> str | tuple[str, ...]:
+    """``all``, ``none`` or entry-point names; whether they are installed is checked when
+    the worker loads them (app.plugins), since it depends on the environment."""
+    text = text.strip()
+    if text in ("all", "none"):
+        return text
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    bad = [n for n in names if not _PLUGIN_NAME.fullmatch(n)]
+    if bad or not names:
+        raise ValueError("expected all, none, or a comma-separated list of plugin names "
+                         "(entry points of the group sensorstream.agents)")
+    return names
+
+
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|mib|gib|tib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
@@ -577,6 +594,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("LAKE_SEAL_IDLE", "5m", _positive_duration,
          "Seal a lake period once no part was added to it for this long, even before the "
          "newest reading time passes its end by `ALLOWED_LATENESS`."),
+    Spec("PLUGINS", "all", _plugins,
+         "Agents from installed packages (entry-point group `sensorstream.agents`) the "
+         "worker runs: `all`, `none`, or a comma-separated list of their names. A name not "
+         "installed, or a plugin that fails to import, stops start-up."),
     Spec("STACK_DIR", ".stack", _nonempty,
          "Directory of the local stack: pid files, logs, data, and `env` with its settings."),
     Spec("STACK_KAFKA_PORT", "9092", _int_in(1, 65535),

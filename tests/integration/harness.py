@@ -221,3 +221,22 @@ def running(worker: Worker):
         yield worker
     finally:
         worker.stop()
+
+
+async def commits_and_ends(bootstrap: str, group: str, topic: str,
+                           ) -> dict[int, tuple[int | None, int]]:
+    """Per partition of ``topic``: the offset ``group`` committed (None: none yet) and the
+    log end (a fetch's high watermark, FIELD-NOTES)."""
+    from app.transport import log_end_offsets
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await eventually(lambda: consumer.partitions_for_topic(topic),
+                                      f"topic {topic} exists", deadline=30)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await log_end_offsets(bootstrap, await consumer.end_offsets(tps))
+        return {tp.partition: (await consumer.committed(tp), ends[tp]) for tp in tps}
+    finally:
+        await consumer.stop()
