@@ -1,18 +1,23 @@
-"""The Kafka TLS settings end to end: the simulator and a worker (Faust's clients, the
-re-reads, the log-end fetches of a table recovery) reach a real broker only through
-mutual TLS.
+"""The Kafka security settings against a real broker.
 
-Tansu 0.6.0, the broker that runs here, does not serve TLS itself (README, "Kafka
-security"), so TLS is terminated in front of it, as a load balancer would: every client
-connection must present a certificate of the test CA, and the broker advertises the TLS
-address, so no client ever reaches it in plain text. SASL cannot be tested here: Tansu
-offers SCRAM but no user can ever be created on it.
+TLS end to end: the simulator and a worker (Faust's clients, the re-reads, the log-end
+fetches of a table recovery) reach the broker only through mutual TLS. Tansu 0.6.0, the
+broker that runs here, does not serve TLS itself (README, "Kafka security"), so TLS is
+terminated in front of it, as a load balancer would: every client connection must
+present a certificate of the test CA, and the broker advertises the TLS address, so no
+client ever reaches it in plain text.
+
+SASL: Tansu requires authentication when asked to and offers SCRAM, but no user can ever
+be created on it, so a login cannot succeed here. What is tested is that a worker given
+SASL settings runs the SASL exchange with the broker, is refused, and never logs the
+password.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 import subprocess
 import sys
@@ -173,3 +178,44 @@ async def test_a_worker_and_the_simulator_over_mutual_tls(tls_broker, make_worke
     await eventually(lambda: second.get("/sensors")[1]["count"] == sensors,
                      "the recovered worker knows every mote", deadline=60)
     assert terminator.clients == {"sensorstream-client"}
+
+
+async def test_a_worker_given_a_login_is_refused_and_never_logs_the_password(make_worker,
+                                                                             tmp_path):
+    password = "Sup3r-s3cret-never-logged"
+    port = free_port()
+    log = tmp_path / "tansu.log"
+    broker = subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
+         "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--authentication"],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        env={"RUST_LOG": "warn"}, start_new_session=True)
+    try:
+        await eventually(lambda: broker.poll() is None and port_open(port),
+                         f"tansu --authentication on {port} ({log})", deadline=30)
+        worker = make_worker(**{
+            "SENSORSTREAM_BROKER": f"kafka://127.0.0.1:{port}",
+            "SENSORSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "SENSORSTREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "SENSORSTREAM_KAFKA_SASL_USERNAME": "ingest",
+            "SENSORSTREAM_KAFKA_SASL_PASSWORD": password}).start()
+
+        def refused() -> bool:
+            """An error of the worker's own SASL exchange (aiokafka's, in its traceback)."""
+            text = worker.log.read_text(errors="replace") if worker.log.exists() else ""
+            for line in text.splitlines():
+                if line.startswith("{"):
+                    entry = orjson.loads(line)
+                    if entry["level"] in ("error", "critical") and re.search(
+                            r"sasl", entry["msg"] + entry.get("exc", ""), re.IGNORECASE):
+                        return True
+            return False
+
+        await eventually(refused, "the worker's SASL exchange refused", deadline=60)
+        worker.stop()
+    finally:
+        broker.terminate()
+        broker.wait(30)
+    text = worker.log.read_text(errors="replace")
+    assert password not in text
+    assert "Worker]: Ready" not in text
