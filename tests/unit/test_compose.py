@@ -144,9 +144,10 @@ def test_every_dependency_has_a_condition_it_can_meet():
             assert target in SERVICES, (name, target)
             if condition == "service_healthy":
                 assert "healthcheck" in SERVICES[target], (name, target)
-            else:
-                assert condition == "service_completed_successfully", (name, condition)
+            elif condition == "service_completed_successfully":
                 assert not long_running(target), (name, target)
+            else:
+                assert condition == "service_started", (name, condition)
 
 
 def test_every_image_is_pinned():
