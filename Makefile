@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STACK_DIR := $(or $(SENSORSTREAM_STACK_DIR),.stack)
 
-.PHONY: setup demo test lint stack stack-down worker simulate load bench bench-load anomaly-eval anomaly-latency clean
+.PHONY: setup demo test test-tools lint stack stack-down worker simulate load bench bench-load anomaly-eval anomaly-latency clean
 
 setup: $(STAMP)
 
@@ -21,8 +21,15 @@ demo: setup
 	$(BIN)/python -m app.demo
 
 ## The whole test suite; starts and stops the real services it uses.
-test: setup lint
+test: setup lint test-tools
 	$(BIN)/python -m pytest
+
+## promtool (Debian package prometheus) checks /metrics in the tests; installed when root.
+test-tools:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     --no-install-recommends prometheus; } \
+	  || echo "promtool missing: install the Debian package prometheus (the tests fail without it)"
 
 lint: setup
 	$(BIN)/ruff check .
