@@ -15,16 +15,24 @@ to an agent (FIELD-NOTES), a ceiling near 8,600 messages/s. For the topics named
 message, a ``Bundle`` whose ``records`` are the fetched records, so that cost is paid
 per fetch. A bundle's offset is its last record's; acknowledging it acknowledges every
 offset it covers, so commits move exactly as if each record had been acked.
+
+Group membership and committed offsets, for ``replay`` (app/replay.py): a worker leaves
+its group on a clean stop in generation 0 too (Tansu's first), and a committed offset
+of 0 is sought like any other (aiokafka skips it).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, Message
 from faust.types.tuples import ConsumerMessage, ack_lock
@@ -70,7 +78,45 @@ async def log_end_offsets(bootstrap: str | list[str], listed: Mapping[TopicParti
     return result
 
 
+async def _leave_group(coordinator: GroupCoordinator) -> None:
+    """Leave the group on a clean stop in generation 0 too. aiokafka leaves only from a
+    generation above 0, but Tansu numbers a group's first generation 0: a worker stopped
+    there stayed listed as a member until the group's next join, and ``replay`` refused
+    to move the offsets of a group whose workers were all stopped."""
+    if (coordinator.generation == 0 and coordinator._group_instance_id is None
+            and coordinator.member_id):
+        try:
+            await coordinator._send_req(LeaveGroupRequest(coordinator.group_id,
+                                                          coordinator.member_id))
+        except KafkaError as exc:
+            log.warning("could not leave the consumer group: %s", exc)
+        coordinator.reset_generation()
+        return
+    await GroupCoordinator._maybe_leave_group(coordinator)
+
+
 class ConsumerThread(driver.AIOKafkaConsumerThread):
+    async def on_start(self) -> None:
+        await super().on_start()
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if isinstance(coordinator, GroupCoordinator):
+            coordinator._maybe_leave_group = functools.partial(_leave_group, coordinator)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        return await self.call_thread(self._seek_to_committed)
+
+    async def _seek_to_committed(self) -> Mapping[TP, int]:
+        """aiokafka seeks only to committed offsets above 0. A group moved back to offset
+        0 (``replay --to-earliest``) then kept the position its consumer had reached while
+        the tables recovered, past everything fetched and dropped meanwhile, and never
+        processed those partitions again."""
+        consumer = self._ensure_consumer()
+        committed = await consumer.seek_to_committed()
+        for tp, offset in committed.items():
+            if offset == 0:
+                consumer.seek(tp, 0)
+        return committed
+
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         listed = await super()._highwaters(partitions)
         if self.consumer.in_transaction:
