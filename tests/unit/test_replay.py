@@ -64,3 +64,38 @@ def test_reprocess_plan_summary_and_group_name():
     assert "with consumer group g" in text and text.splitlines()[-1].split() == [
         "readings", "7", "70"]
     assert default_group("app", 0) == "app-reprocess-19700101T000000Z"
+
+
+def _window(sensor: str, start: str, mean: float, correction: bool = False) -> bytes:
+    import orjson
+
+    return orjson.dumps({
+        "window": "1m", "window_start": start, "window_end": start.replace(":00Z", ":59Z"),
+        "sensor_id": sensor, "metric": "temperature", "count": 2, "missing": 0,
+        "mean": mean, "min": mean, "max": mean, "stddev": 0.0, "p50": mean, "p95": mean,
+        "p99": mean, "first": start, "last": start, "correction": correction})
+
+
+def test_reprocess_writes_later_corrections_of_the_ranges_windows_only():
+    """PostgreSQL keeps the newest delivered version of a window: a correction sent after
+    --until must be written after the range's version, and nothing else past --until."""
+    from types import SimpleNamespace
+
+    from app.progress import Progress
+    from app.reprocess import Rebuild
+
+    run = Rebuild({}, "g", [], 100, Summary("g", "a", "b", []))
+    span = Span("aggregates", "agg", 0, start=10, stop=12, end=20)
+    seen: set = set()
+    records = [(10, _window("s1", "2026-11-20T10:00:00Z", 1.0)),
+               (11, _window("s2", "2026-11-20T10:00:00Z", 2.0)),
+               (12, _window("s1", "2026-11-20T10:00:00Z", 1.5, correction=True)),
+               (13, _window("s3", "2026-11-20T10:00:00Z", 3.0))]
+    with Progress("t", 2, tty=False) as progress:
+        for offset, value in records:
+            run._take(span, SimpleNamespace(offset=offset, value=value), seen, progress)
+    rows = run._pending["aggregates", 0]
+    assert [(row[3], row[8], row[-1]) for row in rows] == [
+        ("s1", 1.0, 10), ("s2", 2.0, 11), ("s1", 1.5, 12)]
+    assert run.summary.messages["aggregates"] == 2 and run.summary.followed == 1
+    assert run._done[span.tp] == 12  # progress is committed up to --until only
