@@ -18,10 +18,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
-import orjson
 from faust.types import TP
 
-from app.contract import decode_batch
 from app.main import app, settings
 from app.reread import Positions
 from app.topics import KAFKA, aggregates, anomalies, by_sensor
@@ -32,10 +30,8 @@ from sinks.records import (
     AGGREGATES,
     ANOMALIES,
     READINGS,
+    ROWS_OF,
     Dataset,
-    aggregate_row,
-    anomaly_row,
-    reading_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -151,31 +147,19 @@ async def _consume(stream: Any, dataset: Dataset,
         positions.advance(topic, partition, records[-1].offset)
 
 
-def _readings(value: bytes, _partition: int, _offset: int) -> Iterable[tuple]:
-    return reading_rows(decode_batch(value))
-
-
-def _aggregate(value: bytes, partition: int, offset: int) -> Iterable[tuple]:
-    return [aggregate_row(orjson.loads(value), partition, offset)]
-
-
-def _anomaly(value: bytes, partition: int, offset: int) -> Iterable[tuple]:
-    return [anomaly_row(orjson.loads(value), partition, offset)]
-
-
 if SINKS:
 
     @app.agent(by_sensor, name="sink-readings")
     async def sink_readings(stream):
-        await _consume(stream, READINGS, _readings)
+        await _consume(stream, READINGS, ROWS_OF[READINGS.name])
 
     @app.agent(aggregates, name="sink-aggregates")
     async def sink_aggregates(stream):
-        await _consume(stream, AGGREGATES, _aggregate)
+        await _consume(stream, AGGREGATES, ROWS_OF[AGGREGATES.name])
 
     @app.agent(anomalies, name="sink-anomalies")
     async def sink_anomalies(stream):
-        await _consume(stream, ANOMALIES, _anomaly)
+        await _consume(stream, ANOMALIES, ROWS_OF[ANOMALIES.name])
 
     @app.timer(3600.0)
     async def maintain_partitions() -> None:

@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from app import reread
 from app.contract import format_ts
 
 #: Exit statuses of the commands, beside 0 (done) and 2 (a bad argument).
@@ -257,18 +258,10 @@ async def offsets_at(consumer: AIOKafkaConsumer, tps: list[TopicPartition], ts_m
 
 async def committed_offsets(client: Mapping[str, Any], group: str,
                             tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
-    """The group's committed offsets (a consumer's ``committed``; the admin client's
-    ``list_consumer_group_offsets`` cannot decode Tansu's answer). Joins nothing."""
-    consumer = AIOKafkaConsumer(**client, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        found = {}
-        for tp in tps:
-            offset = await consumer.committed(tp)
-            found[tp] = offset if offset is not None and offset >= 0 else None
-        return found
-    finally:
-        await consumer.stop()
+    """The group's committed offsets, None where it has none (joins nothing)."""
+    found = await reread.committed_offsets(client, group, [(tp.topic, tp.partition)
+                                                           for tp in tps])
+    return {tp: found.get((tp.topic, tp.partition)) for tp in tps}
 
 
 async def plan(client: Mapping[str, Any], group: str, tps: list[TopicPartition],
@@ -329,13 +322,9 @@ async def apply(client: Mapping[str, Any], group: str, rows: list[Row],
         except KafkaError as exc:
             raise ReplayError(f"the broker refused the commit for group {group!r}: {exc}. "
                               "Nothing was moved.", BROKER_REFUSED) from None
-        found = {}
-        for tp in tps:
-            offset = await consumer.committed(tp)
-            found[tp] = offset if offset is not None and offset >= 0 else None
-        return found
     finally:
         await consumer.stop()
+    return await committed_offsets(client, group, tps)
 
 
 def _cell(value: int | None) -> str:

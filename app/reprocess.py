@@ -38,27 +38,25 @@ import logging
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.contract import decode_batch, format_ts
+from app.contract import format_ts
 from app.progress import Progress
 from app.replay import ReplayError, committed_offsets, log_ends, offsets_at, topic_partitions
 from sinks.base import Backoff, Batch, Sink
+from sinks.configured import make_sink
 from sinks.records import (
     AGGREGATES,
     ANOMALIES,
     DATASETS,
     READINGS,
-    aggregate_row,
-    anomaly_row,
+    ROWS_OF,
     period_start,
-    reading_rows,
 )
 
 log = logging.getLogger("sensorstream.reprocess")
@@ -70,22 +68,6 @@ FULL_WAIT_S = 600.0
 #: No progress on a partition for this long stops the run.
 STALL_S = 120.0
 
-
-def _readings(value: bytes, _partition: int, _offset: int) -> Iterable[tuple]:
-    return reading_rows(decode_batch(value))
-
-
-def _aggregate(value: bytes, partition: int, offset: int) -> Iterable[tuple]:
-    return [aggregate_row(orjson.loads(value), partition, offset)]
-
-
-def _anomaly(value: bytes, partition: int, offset: int) -> Iterable[tuple]:
-    return [anomaly_row(orjson.loads(value), partition, offset)]
-
-
-#: Dataset -> its rows from one record, as the sink stage (agents/sinks.py) makes them.
-ROWS_OF: dict[str, Callable[[bytes, int, int], Iterable[tuple]]] = {
-    READINGS.name: _readings, AGGREGATES.name: _aggregate, ANOMALIES.name: _anomaly}
 _AGG_KEY = [AGGREGATES.index(name) for name in AGGREGATES.key]
 
 
@@ -96,29 +78,10 @@ def source_topics(app_id: str, aggregates_topic: str, anomalies_topic: str) -> d
 
 
 def build_sinks(settings: Any, names: Iterable[str], staging: Path) -> list[Sink]:
-    """The sinks ``names`` as the worker builds them (sinks/active.py), except that the
-    lake stages under ``staging`` and never seals on its own (``owns``: nothing)."""
-    found: list[Sink] = []
-    for name in names:
-        if name == "postgres":
-            from sinks.postgres import PostgresSink
-
-            found.append(PostgresSink(
-                settings.pg_dsn, settings.pg_schema,
-                {"readings": settings.pg_raw_retention,
-                 "aggregates": settings.pg_aggregate_retention,
-                 "anomalies": settings.pg_anomaly_retention},
-                settings.pg_partitions_ahead, settings.pg_compress_after))
-        elif name == "lake":
-            from sinks.lake import LakeSink
-            from sinks.objectstore import open_store
-
-            found.append(LakeSink(
-                open_store(settings.lake_url, settings.s3_endpoint or None), staging,
-                settings.lake_staging_max_size, settings.lake_staging_alarm_age,
-                settings.lake_upload_concurrency, settings.lake_seal_idle,
-                settings.allowed_lateness, owns=lambda _dataset, _partition: False))
-    return found
+    """The sinks ``names`` as the worker builds them, except that the lake stages under
+    ``staging`` and never seals on its own (``owns``: nothing)."""
+    return [make_sink(name, settings, staging, owns=lambda _dataset, _partition: False)
+            for name in names]
 
 
 @dataclass

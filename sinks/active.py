@@ -15,6 +15,7 @@ from faust.types import TP
 from app.main import app, settings
 from app.topics import aggregates, anomalies, by_sensor
 from sinks.base import Backoff, CircuitBreaker, Delivery, Guarded, Sink
+from sinks.configured import make_sink
 from sinks.records import AGGREGATES, ANOMALIES, READINGS
 
 #: The topic each dataset comes from.
@@ -28,27 +29,8 @@ def owns(dataset: str, partition: int) -> bool:
 
 
 def build_sinks() -> list[Sink]:
-    sinks: list[Sink] = []
-    for name in settings.enabled_sinks:
-        if name == "postgres":
-            from sinks.postgres import PostgresSink
-
-            sinks.append(PostgresSink(
-                settings.pg_dsn, settings.pg_schema,
-                {"readings": settings.pg_raw_retention,
-                 "aggregates": settings.pg_aggregate_retention,
-                 "anomalies": settings.pg_anomaly_retention},
-                settings.pg_partitions_ahead, settings.pg_compress_after))
-        elif name == "lake":
-            from sinks.lake import LakeSink
-            from sinks.objectstore import open_store
-
-            sinks.append(LakeSink(
-                open_store(settings.lake_url, settings.s3_endpoint or None),
-                Path(settings.lake_staging), settings.lake_staging_max_size,
-                settings.lake_staging_alarm_age, settings.lake_upload_concurrency,
-                settings.lake_seal_idle, settings.allowed_lateness, owns=owns))
-    return sinks
+    return [make_sink(name, settings, Path(settings.lake_staging), owns)
+            for name in settings.enabled_sinks]
 
 
 SINKS = build_sinks()

@@ -11,7 +11,7 @@ replaces the window it corrects).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from app.contract import Handover, parse_time
+from app.contract import Handover, decode_batch, parse_time
 
 TS = pa.timestamp("us", tz="UTC")
 HOUR_US = 3600 * 1_000_000
@@ -173,6 +173,23 @@ def anomaly_row(body: dict[str, Any], partition: int, offset: int) -> tuple:
             body.get("severity"), body.get("value"), body.get("reason"), expected[0],
             expected[1], body.get("z"), body.get("suppressed") or 0, bool(body.get("summary")),
             partition, offset)
+
+
+def _readings(value: bytes, _partition: int, _offset: int) -> Iterable[tuple]:
+    return reading_rows(decode_batch(value))
+
+
+def _aggregate(value: bytes, partition: int, offset: int) -> Iterable[tuple]:
+    return [aggregate_row(orjson.loads(value), partition, offset)]
+
+
+def _anomaly(value: bytes, partition: int, offset: int) -> Iterable[tuple]:
+    return [anomaly_row(orjson.loads(value), partition, offset)]
+
+
+#: A record of the dataset's source topic (value, partition, offset) -> its rows.
+ROWS_OF: dict[str, Callable[[bytes, int, int], Iterable[tuple]]] = {
+    READINGS.name: _readings, AGGREGATES.name: _aggregate, ANOMALIES.name: _anomaly}
 
 
 def _time(value: str | None) -> int | None:
