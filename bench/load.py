@@ -40,7 +40,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app import loader
+from app.backfill.envelopes import chunks
+from app.backfill.formats import IntelRecords
+from app.backfill.lines import LineStream
 from bench.own_stack import bootstrap as bootstrap_of
 from bench.own_stack import own_stack
 from bench.peers.run import vmhwm_mib
@@ -77,8 +79,8 @@ def write_intel_file(path: Path, lines: int, motes: int = 54) -> None:
 def envelopes_of(path: Path) -> list[tuple[int, bytes, bytes]]:
     """The messages the loader makes of the file, made with its own code."""
     with open(path, "rb") as stream:
-        lines = loader.LineStream(stream)
-        return [m for chunk in loader.chunks(loader.IntelRecords(lines), lines, PARTITIONS)
+        lines = LineStream(stream)
+        return [m for chunk in chunks(IntelRecords(lines), lines, PARTITIONS)
                 for m in chunk.messages]
 
 

@@ -1,7 +1,7 @@
 """``faust -A app load FILE ...``: historical readings from files into the input topic.
 
-The work is in app/loader.py (plain Python); this module reads the options and the
-settings. See the README, "Historical backfill".
+The work is in the app/backfill package (plain Python); this module reads the options and
+the settings. See the README, "Historical backfill".
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ async def load(self: DirectCommand, files: tuple[str, ...], fmt: str, mapping: t
     """Load historical readings (Intel Lab text or CSV, plain or gzip) into the input topic."""
     import re
 
-    from app import loader
+    from app.backfill.errors import LoadError
+    from app.backfill.mapping import parse_mapping, reserved_names
+    from app.backfill.plan import plan_file
+    from app.backfill.run import Options, log, run
     from app.kafka import client_kwargs
     from app.logs import configure
     from app.topics import RETENTION_7D, sensor_partition
@@ -95,8 +98,8 @@ async def load(self: DirectCommand, files: tuple[str, ...], fmt: str, mapping: t
         topic = settings.input_topics[0]
     elif topic not in settings.input_topics and not (
             settings.input_pattern and re.fullmatch(settings.input_pattern, topic)):
-        loader.log.warning("topic %s is not an input topic of this deployment: the worker "
-                           "will not read it", topic, extra={"topic": topic})
+        log.warning("topic %s is not an input topic of this deployment: the worker "
+                    "will not read it", topic, extra={"topic": topic})
     if len(delimiter) != 1:
         return _fail(f"--delimiter must be one character, not {delimiter!r}")
     if max_rate < 0:
@@ -104,19 +107,18 @@ async def load(self: DirectCommand, files: tuple[str, ...], fmt: str, mapping: t
     directory = Path(checkpoint_dir) if checkpoint_dir else (
         Path(settings.data_dir) / "load-checkpoints")
     try:
-        column_map = loader.parse_mapping(
-            mapping, loader.reserved_names(settings.attribute_fields))
-        plans = [loader.plan_file(Path(f), topic=topic, fmt=fmt, mapping=column_map,
-                                  delimiter=delimiter, checkpoint_dir=directory,
-                                  restart=restart, attribute_fields=settings.attribute_fields)
+        column_map = parse_mapping(mapping, reserved_names(settings.attribute_fields))
+        plans = [plan_file(Path(f), topic=topic, fmt=fmt, mapping=column_map,
+                           delimiter=delimiter, checkpoint_dir=directory,
+                           restart=restart, attribute_fields=settings.attribute_fields)
                  for f in files]
-    except loader.LoadError as exc:
+    except LoadError as exc:
         return _fail(str(exc))
-    options = loader.Options(topic, envelope, chunk_lines, max_rate, checkpoint_every)
-    return await loader.run(plans, options, client_kwargs(settings),
-                            create_partitions=settings.partitions,
-                            replication=settings.replication_factor,
-                            topic_configs=RETENTION_7D, partition_of=sensor_partition)
+    options = Options(topic, envelope, chunk_lines, max_rate, checkpoint_every)
+    return await run(plans, options, client_kwargs(settings),
+                     create_partitions=settings.partitions,
+                     replication=settings.replication_factor,
+                     topic_configs=RETENTION_7D, partition_of=sensor_partition)
 
 
 def _fail(message: str) -> int:

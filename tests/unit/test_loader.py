@@ -13,25 +13,14 @@ import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from app import loader
+from app.backfill.checkpoint import AckedPrefix, checkpoint_path, write_json_atomically
+from app.backfill.envelopes import Chunk, chunks, envelopes, kafka_partition
+from app.backfill.errors import LoadError
+from app.backfill.formats import CsvRecords, IntelRecords, Skip, read_header
+from app.backfill.lines import ORIGIN, LineStream, Position, open_content, seek
+from app.backfill.mapping import default_mapping, parse_mapping, reserved_names
+from app.backfill.plan import FilePlan, plan_file
 from app.contract import Contract, format_ts, parse_time
-from app.loader import (
-    ORIGIN,
-    AckedPrefix,
-    Chunk,
-    CsvRecords,
-    IntelRecords,
-    LineStream,
-    LoadError,
-    Position,
-    Skip,
-    chunks,
-    envelopes,
-    kafka_partition,
-    parse_mapping,
-    plan_file,
-    read_header,
-)
 from app.settings import load as load_settings
 from app.simulator import Fleet
 
@@ -264,7 +253,7 @@ def test_csv_default_mapping_and_a_semicolon_delimiter():
     data = b"\xef\xbb\xbfsensor_id;ts;temperature;location\ns1;1711879205;20.5;hall\n"
     header, start = read_header(io.BytesIO(data), ";")
     assert header == ["sensor_id", "ts", "temperature", "location"]
-    mapping = loader.default_mapping(header, ["location"])
+    mapping = default_mapping(header, ["location"])
     assert mapping.sensor == "sensor_id" and mapping.ts == "ts"
     assert mapping.metrics == (("temperature", "temperature"),)
     assert mapping.attributes == (("location", "location"),)
@@ -298,7 +287,7 @@ def test_an_unclosed_quote_is_one_bad_row_not_the_rest_of_the_file():
 ])
 def test_bad_mappings_are_refused_with_the_reason(items, problem):
     with pytest.raises(LoadError, match=problem):
-        parse_mapping(items, loader.reserved_names(["epoch", "location"]))
+        parse_mapping(items, reserved_names(["epoch", "location"]))
 
 
 def test_a_mapping_to_a_missing_column_is_refused(tmp_path):
@@ -325,7 +314,7 @@ def test_gzip_is_told_by_its_magic_bytes_not_its_name(tmp_path):
     for path, gzipped in ((disguised, True), (plain_named_gz, False)):
         plan = plan_file(path, topic="t", checkpoint_dir=tmp_path)
         assert (plan.gzipped, plan.fmt) == (gzipped, "intel")
-        with loader.open_content(path, plan.gzipped) as stream:
+        with open_content(path, plan.gzipped) as stream:
             lines = LineStream(stream)
             assert sum(1 for r in IntelRecords(lines) if type(r) is tuple) == 500
 
@@ -350,7 +339,7 @@ def test_a_truncated_gzip_loads_every_complete_line_and_counts_the_damage(tmp_pa
     packed = gzip.compress(data)
     path = tmp_path / "cut.gz"
     path.write_bytes(packed[: len(packed) * 2 // 3])
-    with loader.open_content(path, True) as stream:
+    with open_content(path, True) as stream:
         lines = LineStream(stream)
         result = list(chunks(IntelRecords(lines), lines, 4, chunk_records=10_000))
     counts = sum((c.counts for c in result), Counter())
@@ -368,8 +357,8 @@ def test_resuming_at_a_chunk_end_reads_every_line_exactly_once(tmp_path, gzipped
     path.write_bytes(gzip.compress(data) if gzipped else data)
 
     def read(start: Position, limit: int | None = None) -> list[Chunk]:
-        with loader.open_content(path, gzipped) as stream:
-            loader.seek(stream, start, path)
+        with open_content(path, gzipped) as stream:
+            seek(stream, start, path)
             lines = LineStream(stream, start, block=1000)
             out = []
             for chunk in chunks(IntelRecords(lines), lines, 4, chunk_records=700):
@@ -406,11 +395,11 @@ def test_the_acknowledged_prefix_only_grows_over_complete_chunks():
     assert prefix.position == Position(500, 5000) and prefix.outstanding == 0
 
 
-def write_checkpoint(plan: loader.FilePlan, **changes) -> None:
+def write_checkpoint(plan: FilePlan, **changes) -> None:
     doc = {"version": 1, "file": str(plan.path), "topic": "t", "fingerprint": plan.fingerprint,
            "reading": plan.reading, "line": 3, "offset": 3 * (len(GOOD) + 1),
            "complete": False, "totals": {"readings": 3}, **changes}
-    loader.write_json_atomically(plan.checkpoint, doc)
+    write_json_atomically(plan.checkpoint, doc)
 
 
 def test_a_checkpoint_resumes_only_the_same_file_topic_and_reading(tmp_path):
@@ -453,12 +442,12 @@ def test_a_resume_offset_must_be_a_line_end(tmp_path):
     path.write_bytes((GOOD + b"\n") * 3)
     with open(path, "rb") as stream:
         with pytest.raises(LoadError, match="no line ends at byte"):
-            loader.seek(stream, Position(1, 10), path)
-        loader.seek(stream, Position(1, len(GOOD) + 1), path)
+            seek(stream, Position(1, 10), path)
+        seek(stream, Position(1, len(GOOD) + 1), path)
         assert stream.read(len(GOOD)) == GOOD
 
 
 def test_checkpoints_are_per_file(tmp_path):
-    a = loader.checkpoint_path(tmp_path, Path("/data/x/readings.txt"))
-    b = loader.checkpoint_path(tmp_path, Path("/data/y/readings.txt"))
+    a = checkpoint_path(tmp_path, Path("/data/x/readings.txt"))
+    b = checkpoint_path(tmp_path, Path("/data/y/readings.txt"))
     assert a != b and a.parent == tmp_path and a.name.startswith("readings.txt.")
