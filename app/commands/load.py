@@ -6,45 +6,20 @@ the settings. See the README, "Historical backfill".
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
-from faust.cli import AppCommand, argument, option
+from faust.cli import argument, option
 
+from app.commands.base import DirectCommand, duration
 from app.main import app, settings
-
-
-class DirectCommand(AppCommand):
-    """An app command on an event loop of its own, without a Faust worker around it, so
-    that it handles SIGINT/SIGTERM itself (flush, checkpoint) instead of being cancelled.
-    ``run`` returns the exit status."""
-
-    abstract = True
-
-    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
-        status = asyncio.run(self.run(*self.args, *args, **{**self.kwargs, **kwargs}))
-        raise SystemExit(status or 0)
 
 
 def _positive(_ctx: click.Context, param: click.Parameter, value: int) -> int:
     if value < 1:
         raise click.BadParameter(f"must be at least 1, not {value}", param=param)
     return value
-
-
-def _duration(_ctx: click.Context, param: click.Parameter, value: str) -> float:
-    from app.settings import parse_duration
-
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param=param) from None
-    if seconds < 0:
-        raise click.BadParameter("must not be negative", param=param)
-    return seconds
 
 
 @app.command(
@@ -68,7 +43,7 @@ def _duration(_ctx: click.Context, param: click.Parameter, value: str) -> float:
            help="Lines per second at most (0: as fast as the broker takes them)."),
     option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
            help="Where checkpoints are kept [default: SENSORSTREAM_DATA_DIR/load-checkpoints]."),
-    option("--checkpoint-every", default="1s", callback=_duration,
+    option("--checkpoint-every", default="1s", callback=duration,
            help="How often the checkpoint is written while loading."),
     option("--restart", is_flag=True, default=False,
            help="Ignore existing checkpoints: load the files from their first line."),

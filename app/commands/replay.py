@@ -6,34 +6,17 @@ members, commits. See the README, "Replay and reprocess".
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-from typing import Any, NoReturn
 
 import click
-from faust.cli import AppCommand, option
+from faust.cli import option
 
+from app.commands.base import DirectCommand, duration
 from app.main import app, settings
 
 EXAMPLE = "2026-11-22T10:00:00Z or epoch seconds/ms"
 log = logging.getLogger("sensorstream.replay")
-
-
-class DirectCommand(AppCommand):
-    """An app command on an event loop of its own, without a Faust worker around it
-    (nothing of the app is started); ``run`` returns the exit status."""
-
-    abstract = True
-
-    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
-        from app.logs import configure
-
-        level = (self._loglevel or "info").upper()
-        configure({"WARN": "WARNING", "CRIT": "CRITICAL"}.get(level, level))
-        logging.getLogger("aiokafka").setLevel(logging.WARNING)  # a line per coordinator
-        status = asyncio.run(self.run(*self.args, *args, **{**self.kwargs, **kwargs}))
-        raise SystemExit(status or 0)
 
 
 def time_ms(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -58,18 +41,6 @@ def partitions(_ctx: click.Context, param: click.Parameter, value: str | None,
         return parse_partitions(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param=param) from None
-
-
-def seconds(_ctx: click.Context, param: click.Parameter, value: str) -> float:
-    from app.settings import parse_duration
-
-    try:
-        found = parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param=param) from None
-    if found < 0:
-        raise click.BadParameter("must not be negative", param=param)
-    return found
 
 
 def fail(message: str, status: int) -> int:
@@ -132,7 +103,7 @@ def check_topics(chosen: tuple[str, ...]) -> list[str]:
     option("--force", is_flag=True, default=False,
            help="Do not refuse while the group has members: try the commit anyway (the "
                 "broker refuses it while members are listed; see the README)."),
-    option("--wait", "wait", default="0s", callback=seconds, metavar="DURATION",
+    option("--wait", "wait", default="0s", callback=duration, metavar="DURATION",
            help="Wait up to DURATION (e.g. 30s) for the group to have no members before "
                 "refusing."),
     option("--json", "as_json", is_flag=True, default=False,

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import click
 from faust.cli import option
 
-from app.commands.replay import EXAMPLE, DirectCommand, fail, partitions, time_ms
+from app.commands.base import DirectCommand
+from app.commands.replay import EXAMPLE, fail, partitions, time_ms
 from app.main import app, settings
 
 DATASET_NAMES = ("readings", "aggregates", "anomalies")
