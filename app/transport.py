@@ -221,6 +221,8 @@ class Consumer(driver.Consumer):
             await super()._add_gap(tp, offset_from, offset_to)
 
     def ack(self, message: Message) -> bool:
+        if self._stale(message):
+            return False
         if not isinstance(message, Bundle):
             return super().ack(message)
         with ack_lock:
@@ -243,6 +245,25 @@ class Consumer(driver.Consumer):
                 return True
             finally:
                 notify(self._waiting_for_ack)
+
+
+    def _stale(self, message: Message) -> bool:
+        """Whether ``message`` was fetched in an earlier rebalance generation; its ack is
+        then dropped. Faust commits the first run of consecutive acked offsets even when
+        it does not start at the committed offset, so an ack that arrives after a
+        rebalance (a sink batch written late) could move the commit past records that
+        were fetched but never delivered, and the stages' skip checks, reset at the
+        assignment, would no longer see them. The new generation starts again from the
+        committed offset, so the message is delivered (and acknowledged) again."""
+        generation = getattr(message, "generation_id", None)
+        if generation is None or generation == self.app.consumer_generation_id:
+            return False
+        with ack_lock:
+            if not message.acked:
+                message.acked = True
+                self._unacked_messages.discard(message)
+                notify(self._waiting_for_ack)
+        return True
 
 
 class Transport(driver.Transport):
