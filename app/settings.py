@@ -594,6 +594,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("LAKE_SEAL_IDLE", "5m", _positive_duration,
          "Seal a lake period once no part was added to it for this long, even before the "
          "newest reading time passes its end by `ALLOWED_LATENESS`."),
+    Spec("HISTORY_MAX_PAGE", "10000", _int_in(1, 100_000),
+         "Most rows one page of `/history/readings` or `/history/aggregates` answers "
+         "(`limit`, default 1000 or this when lower); more is refused with a pointer to "
+         "`/export`, which streams any size."),
     Spec("PLUGINS", "all", _plugins,
          "Agents from installed packages (entry-point group `sensorstream.agents`) the "
          "worker runs: `all`, `none`, or a comma-separated list of their names. A name not "
