@@ -387,6 +387,40 @@ def _readable_file(text: str) -> str:
     return path
 
 
+def _notify_url(text: str) -> str:
+    """An http(s) receiver URL, kept whole (its path may be the receiver's token)."""
+    text = text.strip()
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"bad port: {exc}") from None
+    return Secret(text)
+
+
+def _hmac_secret(text: str) -> str:
+    if text and len(text) < 16:
+        raise ValueError("must be at least 16 characters")
+    return Secret(text)
+
+
+def _rate_limit(text: str) -> tuple[int, float]:
+    """``N/DURATION``: at most N notifications per sensor per DURATION."""
+    count, sep, period = text.partition("/")
+    try:
+        n = int(count.strip())
+        seconds = _positive_duration(period) if sep else 0.0
+    except ValueError:
+        n, seconds = 0, 0.0
+    if n < 1 or seconds <= 0:
+        raise ValueError("expected N/DURATION such as 5/10m (N at least 1)")
+    return n, seconds
+
+
 @dataclass(frozen=True)
 class Spec:
     """One setting: its name without the prefix, default, parser and meaning."""
@@ -536,6 +570,34 @@ SPECS: tuple[Spec, ...] = (
     Spec("FAULT_RULES", fault_rules.DEFAULT, _fault_rules,
          "Cross-metric faults on a sensor's latest values: `name: condition; ...`, "
          "comparisons joined by `&`, `|` and parentheses."),
+    Spec("NOTIFY_WEBHOOK_URL", "", _notify_url,
+         "Anomaly notifications and input alerts as signed JSON POSTs to this URL "
+         "(see \"Anomaly notifications\"); needs `NOTIFY_WEBHOOK_SECRET`. Unset: off."),
+    Spec("NOTIFY_WEBHOOK_SECRET", "", _hmac_secret,
+         "HMAC-SHA256 key of the webhook's `X-Sensorstream-Signature` (at least 16 "
+         "characters). Never logged.", secret=True),
+    Spec("NOTIFY_SLACK_URL", "", _notify_url,
+         "Slack-compatible incoming-webhook URL for the same notifications. A secret: "
+         "logs show only its host. Unset: off.", secret=True),
+    Spec("NOTIFY_MIN_SEVERITY", "high", _choice("low", "medium", "high"),
+         "Anomaly events of this severity or above are notified; the rest are not."),
+    Spec("NOTIFY_RATE_LIMIT", "5/10m", _rate_limit,
+         "`N/DURATION`: at most N notifications per sensor (and notifier) in a period; "
+         "the rest are counted and sent as one summary when the period ends."),
+    Spec("NOTIFY_RETRY_FOR", "2m", _positive_duration,
+         "How long a notification is retried (exponential backoff with jitter) before "
+         "it goes to the dead-letter topic; its offset is committed only then."),
+    Spec("NOTIFY_TIMEOUT", "10s", _positive_duration,
+         "Longest wait for a receiver's answer to one attempt."),
+    Spec("FRESHNESS_SLA", "0", parse_duration,
+         "Alert when no input arrives on any input partition for this long, and again "
+         "when it resumes; 0: off. Needs a notifier."),
+    Spec("LAG_ALERT_MAX", "0", _int_in(0, 10**12),
+         "Alert when the group's lag over all input partitions exceeds this many "
+         "messages, and again when it is back within; 0: off. Needs a notifier."),
+    Spec("ALERT_CHECK_INTERVAL", "10s", _positive_duration,
+         "How often the freshness and lag alerts look (at most a quarter of "
+         "`FRESHNESS_SLA`)."),
     Spec("QUALITY_METRICS_SENSORS", "1000", _int_in(0, 1_000_000),
          "Up to this many sensors per worker get their own data-quality series on "
          "`/metrics` (label `sensor_id`); beyond it only the worker's totals, to bound "
@@ -758,8 +820,26 @@ def _check_kafka_security(settings: Settings) -> None:
                                f"{problem} ({exc})") from None
 
 
+def _check_notify(settings: Settings) -> None:
+    """A secret needs its URL and the webhook its secret; alerts need a notifier."""
+    if settings.notify_webhook_secret and not settings.notify_webhook_url:
+        raise SettingError(PREFIX + "NOTIFY_WEBHOOK_SECRET", "***",
+                           f"set without {PREFIX}NOTIFY_WEBHOOK_URL")
+    if settings.notify_webhook_url and not settings.notify_webhook_secret:
+        raise SettingError(PREFIX + "NOTIFY_WEBHOOK_URL", settings.notify_webhook_url,
+                           f"needs {PREFIX}NOTIFY_WEBHOOK_SECRET: receivers check the "
+                           "signature")
+    notifier = settings.notify_webhook_url or settings.notify_slack_url
+    for key in ("FRESHNESS_SLA", "LAG_ALERT_MAX"):
+        if settings.values[key] and not notifier:
+            raise SettingError(PREFIX + key, str(settings.values[key]),
+                               f"alerts need {PREFIX}NOTIFY_WEBHOOK_URL or "
+                               f"{PREFIX}NOTIFY_SLACK_URL")
+
+
 def _cross_check(settings: Settings) -> None:
     _check_kafka_security(settings)
+    _check_notify(settings)
     base = settings.windows[0]
     if settings.dedup_horizon > base.retention:
         raise SettingError(PREFIX + "DEDUP_HORIZON", str(settings.dedup_horizon),
