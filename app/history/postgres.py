@@ -8,6 +8,7 @@ sorts the lake's rows in, so one key order holds across both stores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -117,6 +118,17 @@ class HistoryPostgres:
             await self._pool.close()
             self._pool = None
 
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """Errors of the store as Unavailable: unreachable, or no tables yet."""
+        try:
+            yield
+        except asyncpg.UndefinedTableError as exc:
+            raise self._missing(exc) from None
+        except (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError) as exc:
+            raise Unavailable(f"PostgreSQL (SENSORSTREAM_PG_DSN) cannot be read: "
+                              f"{type(exc).__name__}: {exc}") from None
+
     def _missing(self, exc: Exception) -> Unavailable:
         return Unavailable(f"PostgreSQL schema {self.schema!r} (SENSORSTREAM_PG_SCHEMA) has "
                            f"no such table yet: {exc}")
@@ -125,12 +137,8 @@ class HistoryPostgres:
                    limit: int) -> pa.Table:
         sql, args = select_sql(self.schema, selection, rng, after, limit)
         pool = await self.pool()
-        try:
+        async with self._guard():
             rows = await pool.fetch(sql, *args)
-        except asyncpg.UndefinedTableError as exc:
-            raise self._missing(exc) from None
-        except (OSError, asyncpg.InterfaceError) as exc:
-            raise Unavailable(f"PostgreSQL (SENSORSTREAM_PG_DSN) failed: {exc}") from None
         return to_table(selection.dataset, rows)
 
     async def batches(self, selection: Selection, rng: Range,
@@ -139,19 +147,21 @@ class HistoryPostgres:
         a time: memory holds one batch whatever the selection's size."""
         sql, args = select_sql(self.schema, selection, rng, None, None)
         pool = await self.pool()
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
-            try:
-                cursor = await conn.cursor(sql, *args)
-            except asyncpg.UndefinedTableError as exc:
-                raise self._missing(exc) from None
-            while True:
-                rows = await cursor.fetch(batch_rows)
-                if not rows:
-                    return
-                for batch in to_table(selection.dataset, rows).to_batches():
-                    yield batch
-                if len(rows) < batch_rows:
-                    return
+        async with self._guard():
+            conn = await pool.acquire()
+        try:
+            async with conn.transaction(readonly=True):
+                async with self._guard():
+                    cursor = await conn.cursor(sql, *args)
+                while True:
+                    rows = await cursor.fetch(batch_rows)
+                    if rows:
+                        for batch in to_table(selection.dataset, rows).to_batches():
+                            yield batch
+                    if len(rows) < batch_rows:
+                        return
+        finally:
+            await pool.release(conn)
 
     async def daily(self, selection: Selection, rng: Range) -> list[tuple]:
         """(sensor_id, metric, count, min, max, mean) of the readings in ``rng``."""
@@ -167,9 +177,7 @@ class HistoryPostgres:
                f"FROM {self.schema}.readings WHERE {' AND '.join(where)} "
                "GROUP BY 1, 2 ORDER BY sensor_id COLLATE \"C\", metric COLLATE \"C\"")
         pool = await self.pool()
-        try:
+        async with self._guard():
             return [tuple(r) for r in await pool.fetch(sql, *args)]
-        except asyncpg.UndefinedTableError as exc:
-            raise self._missing(exc) from None
 
 

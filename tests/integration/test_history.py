@@ -293,16 +293,18 @@ def _status_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-async def _export_measured(worker, params: dict) -> tuple[int, int, int]:
+async def _export_measured(worker, params: dict) -> tuple[int, int, int, int]:
     """Lines streamed, the worker's highest VmRSS seen while streaming (KiB, sampled every
-    20 ms) and its VmHWM after."""
+    20 ms), its VmHWM after, and how many samples were taken."""
     pid = worker.process.pid
     peak = [_status_kib(pid, "VmRSS")]
+    samples = [0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], _status_kib(pid, "VmRSS"))
+            samples[0] += 1
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -313,7 +315,7 @@ async def _export_measured(worker, params: dict) -> tuple[int, int, int]:
     finally:
         done.set()
         sampler.join()
-    return lines, peak[0], _status_kib(pid, "VmHWM")
+    return lines, peak[0], _status_kib(pid, "VmHWM"), samples[0]
 
 
 async def test_a_million_row_csv_export_streams_in_constant_memory(make_worker, app_env):
@@ -345,18 +347,23 @@ async def test_a_million_row_csv_export_streams_in_constant_memory(make_worker, 
 
     worker = make_worker(SENSORSTREAM_SINKS="none").start()
     await worker.ready()
+    baseline = _status_kib(worker.process.pid, "VmRSS")
     started = time.monotonic()
-    lines_small, peak_small, hwm_small = await _export_measured(
+    lines_small, peak_small, hwm_small, _ = await _export_measured(
         worker, {"format": "csv", "sensor_id": "small"})
     small_s = time.monotonic() - started
     started = time.monotonic()
-    lines_all, peak_all, hwm_all = await _export_measured(worker, {"format": "csv"})
+    lines_all, peak_all, hwm_all, samples = await _export_measured(worker, {"format": "csv"})
     all_s = time.monotonic() - started
     assert lines_small == small + 1 and lines_all == total + 1  # with the header line
-    print(f"\nCOPY of {total} rows: {loaded:.1f} s; export of {small} rows: {small_s:.1f} s, "
+    assert samples >= 20, "the export ended before memory was sampled while streaming"
+    print(f"\nCOPY of {total} rows: {loaded:.1f} s; worker VmRSS before exports "
+          f"{baseline / 1024:.1f} MiB; export of {small} rows: {small_s:.1f} s, "
           f"peak VmRSS {peak_small / 1024:.1f} MiB, VmHWM {hwm_small / 1024:.1f} MiB; "
-          f"export of {total} rows: {all_s:.1f} s, peak VmRSS {peak_all / 1024:.1f} MiB, "
-          f"VmHWM {hwm_all / 1024:.1f} MiB; growth {(hwm_all - hwm_small) / 1024:.1f} MiB")
+          f"export of {total} rows: {all_s:.1f} s ({samples} samples), peak VmRSS "
+          f"{peak_all / 1024:.1f} MiB, VmHWM {hwm_all / 1024:.1f} MiB; growth "
+          f"{(hwm_all - hwm_small) / 1024:.1f} MiB (VmHWM), "
+          f"{(peak_all - peak_small) / 1024:.1f} MiB (peak VmRSS)")
     # Ten times the rows: the worker's peak grows by less than 32 MiB (the CSV of the
     # million rows is ~60 MiB; holding it, or its rows as Python objects, would not fit).
     assert hwm_all - hwm_small < 32 * 1024

@@ -196,3 +196,54 @@ def test_encoders_stream_chunks_that_read_back_whole():
             back = pq.read_table(io.BytesIO(data))
             assert back.equals(rows)
             assert pq.ParquetFile(io.BytesIO(data)).num_row_groups == 2
+
+
+async def test_no_store_configured_is_unavailable_naming_the_settings():
+    from app.history.postgres import Unavailable
+    from app.history.service import History
+
+    history = History(None, None, {"readings": 0, "aggregates": 0})
+    with pytest.raises(Unavailable, match="SENSORSTREAM_PG_DSN and/or SENSORSTREAM_LAKE_URL"):
+        await history.page(page_of({}, "readings", WINDOWS, 10))
+
+
+async def test_service_pages_a_lake_only_history_with_cursors(tmp_path):
+    from app.history.query import Page
+    from app.history.service import History
+
+    _write(tmp_path, "sealed-p0-1-a.parquet", [_row(T0 + i, "s", "t", i, i) for i in range(5)])
+    history = History(None, Lake.open(f"file://{tmp_path}", None),
+                      {"readings": 86400, "aggregates": 86400})
+    selection = Selection("readings")
+    seen, after = [], None
+    for _ in range(5):
+        result = await history.page(Page(selection, 2, after))
+        assert result.plan.postgres is None and result.plan.lake == (None, None)
+        seen.extend(result.table.column("value").to_pylist())
+        after = result.next_key
+        if after is None:
+            break
+    assert seen == [0.0, 1.0, 2.0, 3.0, 4.0]
+    exported = [b async for b in history.batches(selection, batch_rows=2)]
+    assert sum(b.num_rows for b in exported) == 5
+
+
+async def test_an_unreachable_postgres_is_unavailable_for_pages_exports_and_summaries():
+    import socket
+
+    from app.history.postgres import HistoryPostgres, Unavailable
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pg = HistoryPostgres(f"postgresql://u@127.0.0.1:{port}/db", "s")
+    selection = Selection("readings")
+    try:
+        with pytest.raises(Unavailable, match="SENSORSTREAM_PG_DSN"):
+            await pg.page(selection, (None, None), None, 10)
+        with pytest.raises(Unavailable, match="SENSORSTREAM_PG_DSN"):
+            await anext(pg.batches(selection, (None, None), 10))
+        with pytest.raises(Unavailable, match="SENSORSTREAM_PG_DSN"):
+            await pg.daily(selection, (T0, T0 + DAY_US))
+    finally:
+        await pg.close()
