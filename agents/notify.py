@@ -50,7 +50,10 @@ async def send_dead_letter(notifier: str, message: Message, outcome: Outcome | N
     """A dead-letter record (app.contract's shape) for a notification given up on:
     the reason, the notifier and its last error, the original anomaly bytes."""
     attempts = f" after {outcome.attempts} attempts" if outcome is not None else ""
-    text = f"{message.kind} notification via {notifier}{attempts}: {detail}"[:1000]
+    text = f"{message.kind} notification via {notifier}{attempts}: {detail}"
+    if message.kind != "anomaly":  # the original is not its content: say what it was
+        text += f"; it said: {message.text}"
+    text = text[:1000]
     value, headers = dead_letter(Rejection(reason, text, sensor_id=sensor_id),  # type: ignore[arg-type]
                                  original, source)
     headers.append(("sensorstream-notifier", notifier.encode()))

@@ -193,25 +193,37 @@ async def test_a_storm_collapses_and_a_receiver_that_is_down_is_retried_then_dea
 
     # Down past the retry time: a dead-letter record with the reason and original bytes,
     # and only then the offset is committed.
+    # A storm meanwhile: its summary is dead-lettered too.
     await receiver.stop()
     key, original = anomaly("gone", 1)
-    await produce(bootstrap, anomalies_topic, [(key, original)])
+    storm = [anomaly("storm2", n) for n in range(4)]
+    await produce(bootstrap, anomalies_topic, [(key, original), *storm])
 
     async def dead_lettered():
-        for record in await read_all(bootstrap, dlq, deadline=10):
-            doc = orjson.loads(record.value)
-            if doc["sensor_id"] == "gone":
-                return record, doc
-        return None
-    record, doc = await eventually(dead_lettered, "the dead-letter record", 45, interval=1)
+        found = [(r, orjson.loads(r.value)) for r in await read_all(bootstrap, dlq, deadline=10)]
+        gone = [(r, d) for r, d in found if d["sensor_id"] == "gone"]
+        storm = [d for r, d in found if d["sensor_id"] == "storm2"]
+        return (gone, storm) if gone and len(storm) >= 4 else None
+    (gone, storm_letters) = await eventually(dead_lettered, "the dead-letter records", 60,
+                                             interval=1)
+    ((record, doc),) = gone
+    assert sorted(d["original"].encode() for d in storm_letters if "summary" not in
+                  d["message"]) == sorted(value for _k, value in storm[:3])
+    (summary_letter,) = [d for d in storm_letters if d["message"].startswith("summary")]
+    assert "1 more anomalies held back" in summary_letter["message"]
+    assert summary_letter["original"].encode() == storm[3][1]  # the one it held back
+    assert summary_letter["reason"] == "notification_undeliverable"
     assert doc["reason"] == "notification_undeliverable"
     assert doc["original"].encode() == original and doc["original_encoding"] == "utf-8"
     assert doc["source"]["topic"] == anomalies_topic
     assert "webhook" in doc["message"] and "attempts" in doc["message"]
     assert dict(record.headers)["sensorstream-notifier"] == b"webhook"
     assert anomalies_of(receiver.webhook(), "gone") == []
-    assert counter(worker.metrics(), "sensorstream_notifications_dead_lettered_total",
-                   notifier="webhook", kind="anomaly") == 1
+    samples = worker.metrics()
+    assert counter(samples, "sensorstream_notifications_dead_lettered_total",
+                   notifier="webhook", kind="anomaly") == 4
+    assert counter(samples, "sensorstream_notifications_dead_lettered_total",
+                   notifier="webhook", kind="summary") == 1
     gone = doc["source"]
     await eventually(lambda: committed_past_offset(bootstrap, group, anomalies_topic,
                                                    gone["partition"], gone["offset"]),
