@@ -1,9 +1,10 @@
 """Bearer tokens for the HTTP API: an aiohttp middleware in front of every view.
 
-A request that changes state (any method but GET, HEAD and OPTIONS) needs a token
-of ``SENSORSTREAM_API_TOKENS``; with ``SENSORSTREAM_PROTECT_READS`` the reads do too,
-except the probes. A refusal is the same 401 whatever was wrong, so it tells a
-caller nothing about the tokens; the log says why, never with the token.
+A request that changes state (any method but GET, HEAD and OPTIONS), and any request
+under ``/admin/``, needs a token of ``SENSORSTREAM_API_TOKENS``; with
+``SENSORSTREAM_PROTECT_READS`` the reads do too, except the probes. A refusal is the
+same 401 whatever was wrong, so it tells a caller nothing about the tokens; the log says
+why, never with the token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ log = logging.getLogger("sensorstream.auth")
 #: Always open: liveness and readiness probes carry no credentials.
 OPEN_PATHS = frozenset({"/health", "/ready"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The operators' controls: reads under it need a token too (they show pauses and sinks).
+ADMIN = "/admin"
 #: Where a view finds the name of the token that was accepted.
 TOKEN_NAME = "sensorstream.token_name"
 
@@ -43,7 +46,7 @@ def token_name(tokens: Mapping[str, str], authorization: str | None) -> str | No
 
 
 def needs_token(method: str, path: str, protect_reads: bool) -> bool:
-    if method not in READ_METHODS:
+    if method not in READ_METHODS or path == ADMIN or path.startswith(f"{ADMIN}/"):
         return True
     return protect_reads and path not in OPEN_PATHS
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -111,6 +112,8 @@ class LakeSink(Sink):
         self._locks: defaultdict[Period, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: list[asyncio.Task] = []
         self._alarmed = False
+        self._writing: set[Path] = set()  #: temporary files being written right now
+        self._wake = asyncio.Event()  #: set to cut the uploaders' backoff short
         self.last_upload_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -218,10 +221,14 @@ class LakeSink(Sink):
             folder.mkdir(parents=True, exist_ok=True)
             name = f"{PART}{partition}-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
             temp = folder / f"{name}.tmp"
-            write_parquet(table, temp)
-            _fsync_file_and_dir(temp)
-            path = folder / name
-            os.replace(temp, path)
+            self._writing.add(temp)
+            try:
+                write_parquet(table, temp)
+                _fsync_file_and_dir(temp)
+                path = folder / name
+                os.replace(temp, path)
+            finally:
+                self._writing.discard(temp)
             _fsync_file_and_dir(path)
             written.append((path, path.stat().st_size))
         return written
@@ -233,10 +240,23 @@ class LakeSink(Sink):
             path = await self._queue.get()
             attempt = 0
             while not await self._upload(path):
-                await asyncio.sleep(self.backoff.delay(attempt))
-                attempt += 1
+                wake = self._wake
+                try:
+                    await asyncio.wait_for(wake.wait(), self.backoff.delay(attempt))
+                    attempt = 0  # an operator's retry: back off from the start again
+                except TimeoutError:
+                    attempt += 1
+
+    def retry_uploads(self) -> int:
+        """Retry failed uploads now, not after the backoff; the files staged and not yet
+        confirmed uploaded."""
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+        return len(self._staged)
 
     async def _upload(self, path: Path) -> bool:
+        if path not in self._staged:
+            return True  # removed by cleanup_staging: the store has it, verified
         period = self._period_of(path)
         key = path.relative_to(self.pending).as_posix()
         try:
@@ -298,6 +318,29 @@ class LakeSink(Sink):
 
     async def seal(self, period: Period) -> int:
         """Merge a period's files of one partition into one, each key once; return rows."""
+        return (await self._seal(period))["rows"]
+
+    async def seal_now(self, dataset: str, start_us: int) -> list[dict[str, Any]]:
+        """Seal the open periods of ``dataset`` starting at ``start_us`` of the partitions
+        this worker owns, without waiting for lateness or idleness (an operator's call).
+        What each seal did; a staged file of a period not yet uploaded is uploaded later
+        and reopens the period, which is then sealed as usual."""
+        await self.adopt_open_periods()
+        done = []
+        for period in sorted(self._open):
+            directory, partition = period
+            if (_dataset_of(directory).name != dataset or period_of_dir(directory) != start_us
+                    or not self.owns(dataset, partition)):
+                continue
+            staged = self._staged_per_period.get(period, 0)
+            try:
+                done.append({**await self._seal(period), "staged_not_uploaded": staged})
+            except Exception as exc:
+                done.append({"directory": directory, "partition": partition,
+                             "error": f"{type(exc).__name__}: {exc}"[:300]})
+        return done
+
+    async def _seal(self, period: Period) -> dict[str, Any]:
         directory, partition = period
         dataset = _dataset_of(directory)
         async with self._locks[period]:
@@ -305,7 +348,7 @@ class LakeSink(Sink):
                     if key.rsplit("/", 1)[1].startswith((f"{PART}{partition}-",
                                                          f"{SEALED}{partition}-"))]
             parts = [k for k in mine if k.rsplit("/", 1)[1].startswith(PART)]
-            rows = 0
+            rows = removed = files = 0
             if parts or len(mine) > 1:
                 tables = [pq.read_table(io.BytesIO(await self.store.get(k))) for k in mine]
                 merged, removed, temp = await asyncio.to_thread(
@@ -315,9 +358,10 @@ class LakeSink(Sink):
                     await self.store.put_file(f"{directory}/{name}", temp, md5_of(temp))
                 finally:
                     temp.unlink(missing_ok=True)
+                    self._writing.discard(temp)
                 UPLOADS.labels("sealed").inc()
                 await self.store.delete(mine)  # only now: their rows are in the new file
-                rows = merged
+                rows, files = merged, len(mine)
                 SEALS.labels(dataset.name).inc()
                 SEAL_DUPLICATES.labels(dataset.name).inc(removed)
                 log.info("lake period sealed", extra={
@@ -325,15 +369,60 @@ class LakeSink(Sink):
                     "rows": merged, "duplicates_removed": removed})
             await self.store.delete([f"{MARKERS}{directory}/p{partition}"])
             self._open.pop(period, None)
-            return rows
+            return {"directory": directory, "partition": partition,
+                    "files": files, "rows": rows,
+                    "duplicates_removed": removed}
 
     def _merge(self, dataset: Dataset, tables: list[pa.Table]) -> tuple[int, int, Path]:
         schema = dataset.file_schema()
         combined = pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
         unique = deduplicate(dataset, combined)  # it skips the path column: not in files
         temp = self.sealing / f"{uuid.uuid4().hex}.parquet"
-        write_parquet(unique, temp)
+        self._writing.add(temp)  # until the seal is done with it (it unlinks it)
+        try:
+            write_parquet(unique, temp)
+        except BaseException:
+            self._writing.discard(temp)
+            raise
         return unique.num_rows, combined.num_rows - unique.num_rows, temp
+
+    # -- an operator's clean-up -------------------------------------------------------
+
+    async def cleanup_staging(self) -> dict[str, Any]:
+        """Remove from staging what is safe to remove: temporary files of writes and merges
+        cut short, and staged files the store already holds, verified (size and MD5).
+        A staged file the store does not hold, verified, stays."""
+        removed: list[str] = []
+        for temp in [*self.pending.rglob("*.tmp"), *self.sealing.glob("*.parquet")]:
+            if temp not in self._writing:
+                temp.unlink(missing_ok=True)
+                removed.append(temp.relative_to(self.staging).as_posix())
+        kept = 0
+        for path in sorted(self._staged):
+            period = self._period_of(path)
+            async with self._locks[period]:  # not while an uploader sends it
+                if path not in self._staged:
+                    continue
+                if await self._stored(path):
+                    path.unlink(missing_ok=True)
+                    self._staged.pop(path, None)
+                    self._staged_per_period[period] -= 1
+                    removed.append(path.relative_to(self.staging).as_posix())
+                else:
+                    kept += 1
+        self._gauges()
+        return {"removed": removed, "kept_not_uploaded": kept}
+
+    async def _stored(self, path: Path) -> bool:
+        """Whether the store holds ``path``'s key with the same bytes."""
+        key = path.relative_to(self.pending).as_posix()
+        try:
+            if key not in await self.store.list(key):
+                return False
+            stored = hashlib.md5(await self.store.get(key), usedforsecurity=False)
+            return stored.hexdigest() == await asyncio.to_thread(md5_of, path)
+        except Exception:
+            return False  # cannot tell: keep it
 
     def status(self) -> dict[str, Any]:
         return {"url": self.store.url, "staged_files": len(self._staged),

@@ -1,14 +1,26 @@
-"""Operators' controls that change state; each needs a bearer token (app.auth)."""
+"""Operators' controls under ``/admin/``; each needs a bearer token (app.auth) and is
+logged with the token's name: log levels, pausing input topics for the whole group, the
+lake's seal/upload/staging actions, the sinks' states."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from typing import Any
 
 import orjson
 from faust import web
 
+from app import admin_requests, pauses
 from app.auth import TOKEN_NAME
-from app.main import app
+from app.contract import format_ts
+from app.main import app, settings
+from app.topics import KAFKA, readings
+from sinks.active import SINKS, sink_states, started
+from sinks.lake import LakeSink
+from web.group import answer
+from web.params import BadRequest, bad_request, scope
 
 log = logging.getLogger("sensorstream.admin")
 
@@ -45,3 +57,298 @@ class LogLevel(web.View):
                                                 "level": level.lower(), "previous": previous})
         return self.json({"logger": name or "root", "level": level.lower(),
                           "previous": previous, "by": who})
+
+
+# -- pausing and resuming input topics for the whole group ----------------------------------
+
+HOLDS = pauses.Holds(readings.topics)
+CONTROL = pauses.Control(pauses.control_topic(settings.app_id), KAFKA,
+                         lambda change: _apply(change, "control topic"), lambda: _known())
+
+
+def _guard(consumer: Any) -> None:
+    """Route the consumer's pauses and resumptions through ``HOLDS``, so that nothing
+    (Faust's recovery after a rebalance, the sink watcher after an outage) resumes a
+    partition of a paused topic: it is resumed when the pause is lifted."""
+    if getattr(consumer, "_sensorstream_holds", None) is HOLDS:
+        return
+    resume, pause = consumer.resume_partitions, consumer.pause_partitions
+
+    def resume_partitions(tps: Any) -> None:
+        resume(HOLDS.resumable(tps))
+
+    def pause_partitions(tps: Any) -> None:
+        tps = set(tps)
+        HOLDS.forget(tps)
+        pause(tps)
+
+    consumer.resume_partitions = resume_partitions
+    consumer.pause_partitions = pause_partitions
+    consumer._sensorstream_holds = HOLDS
+
+
+@app.on_rebalance_complete.connect
+async def _before_resume(_app: object, **_kwargs: object) -> None:
+    """Sent before Faust resumes the assigned partitions, at every rebalance."""
+    _guard(app.consumer)
+
+
+def _enforce() -> None:
+    """Pause this worker's running partitions of held topics; resume the withheld ones
+    whose hold lifted."""
+    consumer = app.consumer
+    _guard(consumer)
+    try:
+        assignment = consumer.assignment()
+    except Exception:  # not started yet: the rebalance hook applies the holds
+        return
+    running = {tp for tp in assignment
+               if HOLDS.held(tp.topic) and tp not in consumer._paused_partitions}
+    if running:
+        consumer.pause_partitions(running)
+        # A partition Faust marked buffer-full would be fetched again once its buffer
+        # drains (Consumer.on_buffer_drop), paused or not.
+        consumer._buffered_partitions.difference_update(running)
+        HOLDS.withheld |= running  # to resume when the pause is lifted
+    free = HOLDS.releasable(assignment)
+    if free:
+        consumer.resume_partitions(free)
+
+
+def _apply(change: pauses.Change, source: str) -> None:
+    if HOLDS.apply(change):
+        _enforce()
+        log.info("input topic %s", "paused" if change.paused else "resumed", extra={
+            "topic": change.topic, "by": change.by, "via": source})
+
+
+def _known() -> None:
+    HOLDS.known = True
+    _enforce()
+    log.info("operators' pauses read", extra={"paused_topics": sorted(HOLDS.paused())})
+
+
+@app.task
+async def follow_pauses() -> None:
+    await CONTROL.follow()
+
+
+def _held_partitions() -> dict[str, list[int]]:
+    """This worker's partitions held by an operator's pause, per topic."""
+    consumer = app.consumer
+    try:
+        assignment = consumer.assignment()
+    except Exception:
+        return {}
+    held: dict[str, list[int]] = {}
+    for tp in sorted(assignment):
+        if HOLDS.held(tp.topic) and tp not in consumer._get_active_partitions():
+            held.setdefault(tp.topic, []).append(tp.partition)
+    return held
+
+
+def _paused_topics() -> dict[str, dict[str, str]]:
+    return {topic: {"since": format_ts(int(change.at * 1_000_000)), "by": change.by}
+            for topic, change in HOLDS.paused().items()}
+
+
+def _me() -> str:
+    return str(app.conf.canonical_url).rstrip("/")
+
+
+async def _forward(request: web.Request, method: str, path: str,
+                   body: dict[str, Any] | None = None,
+                   ) -> tuple[list[dict[str, Any]], list[str]]:
+    """What the other workers of the group answer to the same call with ``scope=local``,
+    sent with the caller's token (so they log the same name); and who did not answer."""
+    me = _me()
+    others = [u.rstrip("/") for u in app.router.tables_metadata() if u.rstrip("/") != me]
+    headers = {"Authorization": request.headers.get("Authorization", "")}
+
+    async def call(url: str) -> dict[str, Any]:
+        async with app.http_client.request(method, f"{url}{path}?scope=local", json=body,
+                                           headers=headers, timeout=30) as response:
+            answer = await response.json()
+            if response.status >= 300:
+                return {"worker": url, "status": response.status, **answer}
+            return answer
+
+    results = await asyncio.gather(*(call(u) for u in others), return_exceptions=True)
+    found, unreachable = [], []
+    for url, result in zip(others, results, strict=True):
+        if isinstance(result, BaseException):
+            unreachable.append(url)
+        else:
+            found.append(result)
+    return found, unreachable
+
+
+async def _body(request: web.Request, example: str) -> dict[str, Any]:
+    return admin_requests.json_object(await request.read(), example)
+
+
+class _Change(web.View):
+    """Pause or resume one input topic on every worker of the group."""
+
+    paused: bool
+
+    async def post(self, request: web.Request) -> web.Response:
+        who = request[TOKEN_NAME]
+        try:
+            local = scope(request) == "local"
+            body = await _body(request, '{"topic": "readings"}')
+            topic = admin_requests.input_topic(body, readings.topics)
+            at = admin_requests.forwarded_at(body) if local else time.time()
+        except (BadRequest, admin_requests.BadBody) as exc:
+            return self.json({"error": str(exc)}, status=400)
+        action = "pause" if self.paused else "resume"
+        change = pauses.Change(topic, self.paused, at, who)
+        if not local:
+            try:  # first: the record is what every worker, and any that starts later, obeys
+                await asyncio.wait_for(CONTROL.ensured.wait(), 10)
+                await app.producer.send_and_wait(CONTROL.topic, *change.encode(), 0, None,
+                                                 None)
+            except Exception as exc:
+                log.warning("%s of %s not recorded: %s", action, topic, exc,
+                            extra={"by": who, "action": action, "target": topic})
+                return self.json({"error": f"the {action} was not recorded in "
+                                           f"{CONTROL.topic}: {type(exc).__name__}: {exc}"},
+                                 status=503)
+        _apply(change, "forwarded" if local else "request")
+        log.warning("admin: input topic %sd", action, extra={
+            "by": who, "action": action, "target": topic, "forwarded": local})
+        mine = {"worker": _me(), "held_partitions": _held_partitions().get(topic, [])}
+        if local:
+            return self.json(mine)
+        others, unreachable = await _forward(request, "POST", request.path,
+                                             {"topic": topic, "at": at})
+        return self.json(answer({"topic": topic, "paused": self.paused,
+                                 "at": format_ts(int(at * 1_000_000)), "by": who,
+                                 "workers": [mine, *others]}, unreachable))
+
+
+@app.page("/admin/pause")
+class Pause(_Change):
+    paused = True
+
+
+@app.page("/admin/resume")
+class Resume(_Change):
+    paused = False
+
+
+async def _gathered(view: web.View, request: web.Request,
+                    mine: dict[str, Any], group: dict[str, Any]) -> web.Response:
+    try:
+        local = scope(request) == "local"
+    except BadRequest as exc:
+        return bad_request(view, exc)
+    if local:
+        return view.json(mine)
+    others, unreachable = await _forward(request, "GET", request.path)
+    return view.json(answer({**group, "workers": [mine, *others]}, unreachable))
+
+
+@app.page("/admin/paused")
+class Paused(web.View):
+    """The paused input topics (since when, by whom) and the partitions each worker
+    holds for them."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        mine = {"worker": _me(), "pauses_read": HOLDS.known,
+                "held_partitions": _held_partitions()}
+        return await _gathered(self, request, mine, {"paused": _paused_topics()})
+
+
+@app.page("/admin/sinks")
+class Sinks(web.View):
+    """Every worker's sinks (as /ready shows them) and its partitions held by a pause."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        mine = {"worker": _me(), "sinks": sink_states(), "held_partitions": _held_partitions()}
+        return await _gathered(self, request, mine, {"paused": _paused_topics()})
+
+
+# -- the lake: seal now, retry uploads now, clean staging -----------------------------------
+
+
+def _lake(view: web.View) -> tuple[LakeSink | None, web.Response | None]:
+    lake = next((s for s in SINKS if isinstance(s, LakeSink)), None)
+    if lake is None:
+        return None, view.json({"error": "the lake sink is not enabled on this worker "
+                                         "(SENSORSTREAM_SINKS)"}, status=404)
+    if not started.is_set():
+        return None, view.json({"error": "the sinks are still starting: try again"},
+                               status=409)
+    return lake, None
+
+
+class _LakeAction(web.View):
+    """One lake action on this worker, forwarded to the others; logged with who asked."""
+
+    action: str
+    example = "{}"
+
+    async def post(self, request: web.Request) -> web.Response:
+        who = request[TOKEN_NAME]
+        try:
+            local = scope(request) == "local"
+            body = await _body(request, self.example) if self.example != "{}" else {}
+            target = self.target(body)
+        except (BadRequest, admin_requests.BadBody) as exc:
+            return self.json({"error": str(exc)}, status=400)
+        lake, refusal = _lake(self)
+        if refusal is not None:
+            return refusal
+        done = await self.run(lake, target)
+        log.warning("admin: lake %s", self.action, extra={
+            "by": who, "action": f"lake {self.action}", "target": str(target or "staging"),
+            "forwarded": local, "result": done})
+        mine = {"worker": _me(), **done}
+        if local:
+            return self.json(mine)
+        others, unreachable = await _forward(request, "POST", request.path, body or None)
+        return self.json(answer({"action": self.action, "by": who,
+                                 "workers": [mine, *others]}, unreachable))
+
+    def target(self, body: dict[str, Any]) -> Any:
+        return None
+
+    async def run(self, lake: LakeSink, target: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@app.page("/admin/lake/seal")
+class Seal(_LakeAction):
+    """Seal a period now, on the partitions each worker owns."""
+
+    action = "seal"
+    example = admin_requests.SEAL_EXAMPLE
+
+    def target(self, body: dict[str, Any]) -> tuple[str, int]:
+        return admin_requests.seal_target(body)
+
+    async def run(self, lake: LakeSink, target: tuple[str, int]) -> dict[str, Any]:
+        dataset, start = target
+        return {"dataset": dataset, "period": format_ts(start),
+                "sealed": await lake.seal_now(dataset, start)}
+
+
+@app.page("/admin/lake/retry-uploads")
+class RetryUploads(_LakeAction):
+    """Retry the failed uploads now instead of after their backoff."""
+
+    action = "retry-uploads"
+
+    async def run(self, lake: LakeSink, target: None) -> dict[str, Any]:
+        return {"queued": lake.retry_uploads()}
+
+
+@app.page("/admin/lake/cleanup-staging")
+class CleanupStaging(_LakeAction):
+    """Remove what is safe to remove from the local staging."""
+
+    action = "cleanup-staging"
+
+    async def run(self, lake: LakeSink, target: None) -> dict[str, Any]:
+        return await lake.cleanup_staging()

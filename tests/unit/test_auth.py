@@ -40,6 +40,10 @@ def test_no_token_configured_accepts_nothing():
     ("GET", "/metrics", True, True),
     ("GET", "/health", True, False),
     ("GET", "/ready", True, False),
+    ("GET", "/admin/sinks", False, True),
+    ("HEAD", "/admin/paused", False, True),
+    ("GET", "/admin", False, True),
+    ("GET", "/administration", False, False),
 ])
 def test_which_requests_need_a_token(method, path, protect, needed):
     assert needs_token(method, path, protect) is needed
