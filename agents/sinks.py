@@ -112,7 +112,8 @@ class SinkService(faust.Service):
                 log.warning("sink %s did not stop cleanly: %s", sink.name, exc)
 
 
-_positions = {name: Positions(KAFKA, settings.app_id) for name in SOURCES}
+_positions = {name: Positions(KAFKA, settings.app_id, settings.offset_reset)
+              for name in SOURCES}
 
 
 @app.on_partitions_assigned.connect

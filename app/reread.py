@@ -44,9 +44,10 @@ async def read_range(kafka: Mapping[str, Any], topic: str, partition: int, start
 
 
 async def committed_offsets(kafka: Mapping[str, Any], group: str, tps: list[tuple[str, int]],
-                            ) -> dict[tuple[str, int], int]:
+                            log_start: bool = False) -> dict[tuple[str, int], int]:
     """The offsets ``group`` has committed for ``tps`` (without joining the group);
-    partitions it never committed are left out."""
+    partitions it never committed are left out, or with ``log_start`` given their log
+    start (the first offset still in the log)."""
     consumer = AIOKafkaConsumer(**kafka, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -55,6 +56,10 @@ async def committed_offsets(kafka: Mapping[str, Any], group: str, tps: list[tupl
             offset = await consumer.committed(TopicPartition(topic, partition))
             if offset is not None and offset >= 0:
                 found[topic, partition] = offset
+        never = [TopicPartition(t, p) for t, p in tps if (t, p) not in found]
+        if log_start and never:
+            for tp, offset in (await consumer.beginning_offsets(never)).items():
+                found[tp.topic, tp.partition] = offset
         return found
     finally:
         await consumer.stop()
@@ -63,11 +68,20 @@ async def committed_offsets(kafka: Mapping[str, Any], group: str, tps: list[tupl
 class Positions:
     """The next offset a stage expects per partition, to notice what the consumer
     skipped: Faust's consumer can drop fetched messages around recovery and rebalances
-    and then commit past them. Reset it when partitions are assigned."""
+    and then commit past them. Reset it when partitions are assigned.
 
-    def __init__(self, kafka: Mapping[str, Any], group: str) -> None:
+    A partition's expected offset starts at the group's committed offset. Where the group
+    never committed one, ``offset_reset`` says where its consumer starts: ``"earliest"``,
+    the log start, so that records skipped before the first delivered one are read back
+    too (a worker killed before its first commit of a partition left exactly that);
+    otherwise (``"latest"``, None) the first delivered record.
+    """
+
+    def __init__(self, kafka: Mapping[str, Any], group: str,
+                 offset_reset: str | None = None) -> None:
         self.kafka = kafka
         self.group = group
+        self.offset_reset = offset_reset
         self._expected: dict[tuple[str, int], int] = {}
 
     def reset(self) -> None:
@@ -81,7 +95,8 @@ class Positions:
         partition), read back from the broker."""
         unknown = [tp for tp in firsts if tp not in self._expected]
         if unknown:
-            committed = await committed_offsets(self.kafka, self.group, unknown)
+            committed = await committed_offsets(self.kafka, self.group, unknown,
+                                                log_start=self.offset_reset == "earliest")
             for tp in unknown:
                 self._expected[tp] = committed.get(tp, firsts[tp])
         for (topic, partition), first in firsts.items():

@@ -96,6 +96,12 @@ async def _leave_group(coordinator: GroupCoordinator) -> None:
 
 
 class ConsumerThread(driver.AIOKafkaConsumerThread):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Per partition: the offset of the first record fetched in a rebalance generation
+        #: (where the consumer started), and that generation.
+        self._fetch_start: dict[TP, tuple[int, int | None]] = {}
+
     async def on_start(self) -> None:
         await super().on_start()
         coordinator = getattr(self._consumer, "_coordinator", None)
@@ -106,16 +112,46 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         return await self.call_thread(self._seek_to_committed)
 
     async def _seek_to_committed(self) -> Mapping[TP, int]:
-        """aiokafka seeks only to committed offsets above 0. A group moved back to offset
-        0 (``replay --to-earliest``) then kept the position its consumer had reached while
-        the tables recovered, past everything fetched and dropped meanwhile, and never
-        processed those partitions again."""
+        """Seek every partition back to where processing must resume, including the two
+        cases aiokafka leaves at the position its fetcher reached, past records fetched
+        and dropped meanwhile (while the tables recovered, Faust resumes the partitions
+        and fetches before this seek), which were then never processed:
+
+        - a committed offset of 0 (``replay --to-earliest``): aiokafka seeks only above 0;
+        - no committed offset at all (a worker killed before its first commit of the
+          partition): back to where this generation's first fetch started (the reset
+          position, ``OFFSET_RESET``). Faust then committed the next records' offsets
+          with nothing to compare them with, so the dropped ones were lost for good:
+          the SIGKILL x3 sink test's lost aggregates.
+        """
         consumer = self._ensure_consumer()
         committed = await consumer.seek_to_committed()
+        generation = self.app.consumer_generation_id
+        changelogs = self.app.tables.changelog_topics
         for tp, offset in committed.items():
             if offset == 0:
                 consumer.seek(tp, 0)
+            elif offset is None and tp.topic not in changelogs:
+                start, then = self._fetch_start.get(tp, (None, None))
+                if start is not None and then == generation:
+                    log.info("no committed offset: back to where this generation started "
+                             "fetching", extra={"topic": tp.topic, "partition": tp.partition,
+                                                "offset": start})
+                    consumer.seek(tp, start)
         return committed
+
+    async def _fetch_records(self, consumer: AIOKafkaConsumer, active_partitions: Any,
+                             timeout: float | None = None, max_records: int | None = None,
+                             ) -> Any:
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout,
+                                               max_records=max_records)
+        generation = self.app.consumer_generation_id
+        for tp, batch in records.items():
+            if batch:
+                known = self._fetch_start.get(tp)
+                if known is None or known[1] != generation:
+                    self._fetch_start[tp] = (batch[0].offset, generation)
+        return records
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         listed = await super()._highwaters(partitions)

@@ -98,14 +98,22 @@ async def pg_aggregates(env: dict[str, str]) -> dict:
     return found
 
 
-async def emitted_windows(bootstrap: str, topic: str) -> dict[tuple, int]:
-    """Every window key in the aggregates topic -> the partition it is in."""
+async def emitted_windows(bootstrap: str, topic: str) -> dict[tuple, tuple[int, int]]:
+    """Every window key in the aggregates topic -> the partition and offset it is at."""
     found = {}
     for record in await read_all(bootstrap, topic, deadline=30):
         body = orjson.loads(record.value)
         found[(body["window"], body["window_start"], body["sensor_id"],
-               body["metric"])] = record.partition
+               body["metric"])] = (record.partition, record.offset)
     return found
+
+
+def offset_ranges(places: list[tuple[int, int]]) -> dict[int, str]:
+    """Partition -> 'first..last' of the offsets (diagnostics of a failure)."""
+    by_partition: dict[int, list[int]] = {}
+    for partition, offset in places:
+        by_partition.setdefault(partition, []).append(offset)
+    return {p: f"{min(o)}..{max(o)} ({len(o)})" for p, o in sorted(by_partition.items())}
 
 
 def lake_store(env: dict[str, str], endpoint: str | None = None) -> S3Store:
@@ -216,10 +224,11 @@ async def test_three_sigkills_lose_nothing_and_duplicate_nothing_in_postgres_and
     if missing:  # say which stage lost them: never emitted, or emitted and not stored
         in_topic = await emitted_windows(bootstrap, env["SENSORSTREAM_AGGREGATES_TOPIC"])
         sunk = missing & set(in_topic)
-        partitions = sorted({p for k, p in in_topic.items() if k in sunk})
+        partitions = sorted({p for k, (p, _o) in in_topic.items() if k in sunk})
         raise AssertionError(
             f"{len(missing)} sealed windows missing from PostgreSQL: {len(sunk)} of them "
-            f"are in the aggregates topic (partitions {partitions}: the sink lost them), "
+            f"are in the aggregates topic (partitions {partitions}: the sink lost them; "
+            f"offsets {offset_ranges([in_topic[k] for k in sunk])}), "
             f"{len(missing) - len(sunk)} were never emitted; e.g. {sorted(missing)[:5]}")
     assert_matches(stored, reference)
 
