@@ -24,12 +24,18 @@ demo: setup
 test: setup lint test-tools
 	$(BIN)/python -m pytest
 
-## promtool (Debian package prometheus) checks /metrics in the tests; installed when root.
+## promtool (Debian package prometheus) checks /metrics in the tests, and Debian's chromium and
+## chromium-driver run the dashboard's browser test; installed when missing, as root.
 test-tools:
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	     --no-install-recommends prometheus; } \
 	  || echo "promtool missing: install the Debian package prometheus (the tests fail without it)"
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     --no-install-recommends chromium chromium-driver; } \
+	  || echo "chromium missing: install the Debian packages chromium and chromium-driver (the dashboard test fails without them)"
 
 lint: setup
 	$(BIN)/ruff check .
