@@ -315,6 +315,15 @@ class Notifier:
         """The body and headers of one attempt."""
         raise NotImplementedError
 
+    def scrub(self, text: str) -> str:
+        """``text`` (an error, which may quote the URL) without the URL's path or query."""
+        parts = urlsplit(self.url)
+        for secret in (self.url, parts.path + (f"?{parts.query}" if parts.query else ""),
+                       parts.path):
+            if len(secret) > 1:
+                text = text.replace(secret, "/***")
+        return text
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -341,7 +350,7 @@ class Notifier:
                 status = await self._post(body, headers, max(0.5, min(self.timeout, left)))
                 detail = f"HTTP {status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                status, detail = None, f"{type(exc).__name__}: {exc}"[:300]
+                status, detail = None, self.scrub(f"{type(exc).__name__}: {exc}")[:300]
             if status is not None and 200 <= status < 300:
                 SENT.labels(self.name, message.kind).inc()
                 if attempt > 1:

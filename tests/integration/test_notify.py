@@ -281,8 +281,11 @@ async def test_freshness_and_lag_alerts_fire_and_resolve_from_one_worker(
     finally:
         os.killpg(other.process.pid, signal.SIGCONT)
     await eventually(lambda: ("lag", "resolved") in alerts(mark), "lag resolved", 60)
-    # Exactly one of each in this phase: one worker sends, each state once.
-    assert sorted(alerts(mark)) == [("freshness", "resolved"), ("lag", "firing"),
-                                    ("lag", "resolved")]
+    # One worker sends, each change once. (The input went quiet again after the
+    # produce, so a second freshness alert may have fired by now.)
+    sent = alerts(mark)
+    assert [a for a in sent if a[0] == "lag"] == [("lag", "firing"), ("lag", "resolved")]
+    assert [a for a in sent if a[0] == "freshness"][:2] in (
+        [("freshness", "resolved")], [("freshness", "resolved"), ("freshness", "firing")])
     assert "input alert lag" not in other.log.read_text()
     assert "input alert lag firing" in watcher.log.read_text()

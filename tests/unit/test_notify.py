@@ -81,6 +81,13 @@ def test_masked_url_hides_the_path_and_query():
     assert notifiers.masked_url("http://127.0.0.1:8080/a/b") == "http://127.0.0.1:8080/***"
 
 
+def test_errors_quoting_the_url_are_scrubbed():
+    slack = SlackNotifier("https://hooks.slack.com/services/T1/B2/tok?x=1", retry_for=1)
+    text = slack.scrub("InvalidURL: https://hooks.slack.com/services/T1/B2/tok?x=1 and "
+                       "URL('/services/T1/B2/tok')")
+    assert "T1" not in text and "tok" not in text and "/***" in text
+
+
 def test_rate_limit_collapses_a_storm_into_one_summary_per_period():
     clock = Clock()
     limiter = RateLimiter(2, 60.0, clock)
