@@ -125,6 +125,15 @@ async def test_dashboard_in_a_browser_from_the_second_worker(
         owned_by_first, owned_by_second = await eventually(
             split, "the 54 motes split between the two workers", deadline=120)
         assert not owned_by_first & owned_by_second
+        status, fleet = second.get("/fleet")
+        assert status == 200 and fleet["count"] == 54 and len(fleet["workers"]) == 2, fleet
+        assert {s["sensor_id"] for s in fleet["sensors"] if s["worker"] == first.url} \
+            == owned_by_first
+        assert all(s["position"] and s["values"] for s in fleet["sensors"])
+        status, body = second.get("/fleet?scope=everywhere")
+        assert status == 400 and "scope" in body["error"], body
+        status, body = second.get("/dashboard/assets/settings.py")
+        assert status == 404 and "settings.py" in body["error"], body
 
         # The fleet grid, from the second worker: every mote, the group's rates.
         browser.get(f"{second.url}/dashboard")
