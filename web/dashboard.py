@@ -28,7 +28,7 @@ def _serve(view: web.View, request: web.Request, name: str) -> aiohttp_web.Respo
     try:
         found: Asset = asset(name)
     except MissingAsset as exc:
-        log.warning("dashboard asset not served: %s", exc, extra={"asset": name})
+        log.info("dashboard asset not served: %s", exc, extra={"asset": name})
         return view.json({"error": f"no dashboard asset {name!r}"}, status=404)
     headers = {"ETag": found.etag,
                "Cache-Control": KEEP_A_DAY if name.endswith(".min.js") else REVALIDATE,

@@ -7,7 +7,6 @@ latest values, today's completeness (health), freshness, position and state.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -28,8 +27,6 @@ from web.metrics import consumer_lag
 from web.params import BadRequest, bad_request, scope
 from web.quality import Sensor, quality
 from web.quality import _clock as partition_clock
-
-log = logging.getLogger(__name__)
 
 #: A sensor with an anomaly event this recently (event time of its partition) is
 #: ``anomalous`` on the dashboard.
