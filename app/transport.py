@@ -257,7 +257,7 @@ class Consumer(driver.Consumer):
             await super()._add_gap(tp, offset_from, offset_to)
 
     def ack(self, message: Message) -> bool:
-        if self._stale(message):
+        if self._stale(message) or self._never_delivered(message):
             return False
         if not isinstance(message, Bundle):
             return super().ack(message)
@@ -282,7 +282,6 @@ class Consumer(driver.Consumer):
             finally:
                 notify(self._waiting_for_ack)
 
-
     def _stale(self, message: Message) -> bool:
         """Whether ``message`` was fetched in an earlier rebalance generation; its ack is
         then dropped. Faust commits the first run of consecutive acked offsets even when
@@ -294,12 +293,32 @@ class Consumer(driver.Consumer):
         generation = getattr(message, "generation_id", None)
         if generation is None or generation == self.app.consumer_generation_id:
             return False
+        self._drop_ack(message)
+        return True
+
+    def _never_delivered(self, message: Message) -> bool:
+        """Whether ``message`` is acknowledged without a stream ever having handed it to
+        an agent (a stream marks it ``tracked`` when it does); its ack is then dropped.
+        Faust acks the events a stream skips, "so that the lag does not grow": one taken
+        from its queue just as a rebalance stopped the flow, in the generation still
+        current. Committed, a bundle's ack would skip a whole fetch no agent saw; dropped,
+        it is delivered again from the committed offset. (A topic with two agents is
+        covered only when neither got it.)"""
+        if getattr(message, "tracked", True) or not self.app.topics.acks_enabled_for(
+                message.topic):
+            return False
+        log.debug("an ack of a message no agent was given, dropped", extra={
+            "topic": message.topic, "partition": message.partition, "offset": message.offset})
+        self._drop_ack(message)
+        return True
+
+    def _drop_ack(self, message: Message) -> None:
+        """Mark ``message`` done without acknowledging its offsets (``wait_empty`` ends)."""
         with ack_lock:
             if not message.acked:
                 message.acked = True
                 self._unacked_messages.discard(message)
                 notify(self._waiting_for_ack)
-        return True
 
 
 class Transport(driver.Transport):
