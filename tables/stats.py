@@ -65,7 +65,9 @@ class Sketching:
         bins[key] = bins.get(key, 0) + 1
 
     def quantiles(self, stats: Stats) -> dict[str, float | None]:
-        """p50/p95/p99 from the bins, through the library's own quantile walk."""
+        """p50/p95/p99 from the bins, through the library's own quantile walk, kept within
+        the window's exact min and max: a bin's representative value can fall outside
+        them, where no true quantile can be."""
         if not stats[N]:
             return {name: None for name, _ in QUANTILES}
         sketch = DDSketch(self.relative_accuracy)
@@ -76,7 +78,9 @@ class Sketching:
             sketch.add(-value_of(int(key)), count)
         if stats[ZEROS]:
             sketch.add(0.0, stats[ZEROS])
-        return {name: sketch.get_quantile_value(q) for name, q in QUANTILES}
+        low, high = stats[MIN], stats[MAX]
+        return {name: min(max(sketch.get_quantile_value(q), low), high)
+                for name, q in QUANTILES}
 
 
 def merge(into: Stats, other: Stats) -> None:

@@ -72,3 +72,18 @@ def test_quantiles_are_within_the_relative_accuracy(present):
     for name, q in stats.QUANTILES:
         estimate = sketching.quantiles(s)[name]
         assert within(estimate, true_neighbours(present, q), 0.01), (name, estimate)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=300))
+def test_quantiles_never_leave_the_windows_min_and_max(present):
+    s = one_pass(list(enumerate(present)))
+    for name, _ in stats.QUANTILES:
+        assert min(present) <= sketching.quantiles(s)[name] <= max(present), name
+
+
+def test_quantiles_of_equal_values_are_that_value():
+    # A bin's representative value is not the value itself (2.73 falls in a bin whose
+    # representative is above it): every quantile of a constant window is the constant.
+    s = one_pass([(i, 2.73) for i in range(100)])
+    assert set(sketching.quantiles(s).values()) == {2.73}
