@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -120,8 +120,9 @@ class Control:
     tailed; ``on_change`` gets each change, ``on_known`` fires once its end is reached.
     Changes are written by the worker that takes the request (web/admin.py)."""
 
-    def __init__(self, topic: str, kafka: dict[str, Any], on_change: Callable[[Change], None],
-                 on_known: Callable[[], None]) -> None:
+    def __init__(self, topic: str, kafka: dict[str, Any],
+                 on_change: Callable[[Change], Awaitable[None]],
+                 on_known: Callable[[], Awaitable[None]]) -> None:
         self.topic = topic
         self.kafka = kafka
         self.on_change = on_change
@@ -166,15 +167,17 @@ class Control:
                 batch = await consumer.getmany(tp, timeout_ms=500)
                 for record in batch.get(tp, []):
                     try:
-                        self.on_change(Change.decode(record.value))
+                        change = Change.decode(record.value)
                     except ValueError as exc:
                         log.warning("ignored a record of the pauses topic: %s", exc,
                                     extra={"topic": self.topic, "offset": record.offset})
+                        continue
+                    await self.on_change(change)
                 # The fetch's high watermark (right on Tansu, unlike end_offsets()).
                 highwater = consumer.highwater(tp)
                 if not known and highwater is not None and \
                         await consumer.position(tp) >= highwater:
                     known = True
-                    self.on_known()
+                    await self.on_known()
         finally:
             await consumer.stop()

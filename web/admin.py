@@ -93,7 +93,7 @@ async def _before_resume(_app: object, **_kwargs: object) -> None:
     _guard(app.consumer)
 
 
-def _enforce() -> None:
+async def _enforce() -> None:
     """Pause this worker's running partitions of held topics; resume the withheld ones
     whose hold lifted."""
     consumer = app.consumer
@@ -112,19 +112,32 @@ def _enforce() -> None:
         HOLDS.withheld |= running  # to resume when the pause is lifted
     free = HOLDS.releasable(assignment)
     if free:
-        consumer.resume_partitions(free)
+        await _resume(consumer, free)
 
 
-def _apply(change: pauses.Change, source: str) -> None:
+async def _resume(consumer: Any, tps: set[Any]) -> None:
+    """Resume ``tps``, each from the offset after the last bundle delivered to the agents
+    (app.transport): Faust drops the rest of a fetch of a partition paused while it was
+    being handed over, and would otherwise fetch on past those records."""
+    generation = app.consumer_generation_id
+    for tp in tps:
+        end = getattr(consumer, "_bundle_end", {}).get(tp)
+        if end is not None and end[1] == generation:
+            await consumer.seek(tp, end[0])
+    if app.consumer_generation_id == generation:  # else the rebalance resumes them
+        consumer.resume_partitions(tps & consumer.assignment())
+
+
+async def _apply(change: pauses.Change, source: str) -> None:
     if HOLDS.apply(change):
-        _enforce()
+        await _enforce()
         log.info("input topic %s", "paused" if change.paused else "resumed", extra={
             "topic": change.topic, "by": change.by, "via": source})
 
 
-def _known() -> None:
+async def _known() -> None:
     HOLDS.known = True
-    _enforce()
+    await _enforce()
     log.info("operators' pauses read", extra={"paused_topics": sorted(HOLDS.paused())})
 
 
@@ -214,7 +227,7 @@ class _Change(web.View):
                 return self.json({"error": f"the {action} was not recorded in "
                                            f"{CONTROL.topic}: {type(exc).__name__}: {exc}"},
                                  status=503)
-        _apply(change, "forwarded" if local else "request")
+        await _apply(change, "forwarded" if local else "request")
         log.warning("admin: input topic %sd", action, extra={
             "by": who, "action": action, "target": topic, "forwarded": local})
         mine = {"worker": _me(), "held_partitions": _held_partitions().get(topic, [])}
