@@ -68,3 +68,10 @@ async def history_readings(self: web.View, request: web.Request) -> web.Response
 async def history_aggregates(self: web.View, request: web.Request) -> web.Response:
     """Sealed windows of one size in ``(window_start, sensor_id, metric)`` order."""
     return await _page(self, request, "aggregates")
+
+
+@app.on_before_shutdown.connect
+async def close_history_pool(_app: object, **_kwargs: object) -> None:
+    """The read-only pool's connections are closed with the worker, not dropped."""
+    if HISTORY.postgres is not None:
+        await HISTORY.postgres.close()
