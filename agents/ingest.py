@@ -62,7 +62,7 @@ def _messages(event: EventT) -> list[Message]:
 
 #: The next input offset this process expects per input partition: a message past it
 #: shows that the consumer skipped some (docs/windows.md, invariant 6).
-_positions = Positions(KAFKA, settings.app_id)
+_positions = Positions(KAFKA, settings.app_id, settings.offset_reset)
 
 
 @app.on_partitions_assigned.connect

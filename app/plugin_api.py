@@ -90,7 +90,7 @@ async def deliveries(stream: Any) -> AsyncIterator[Delivered]:
     write that made is in the changelog). Hand-overs Faust's consumer skipped around a
     rebalance are read back from the broker first, as the built-in stages do.
     """
-    positions = Positions(KAFKA, settings.app_id)
+    positions = Positions(KAFKA, settings.app_id, settings.offset_reset)
     _positions.add(positions)
     topic = handovers.get_topic_name()
     async for event in stream.events():
