@@ -65,9 +65,14 @@ class Sketching:
         bins[key] = bins.get(key, 0) + 1
 
     def quantiles(self, stats: Stats) -> dict[str, float | None]:
-        """p50/p95/p99 from the bins, through the library's own quantile walk, kept within
-        the window's exact min and max: a bin's representative value can fall outside
-        them, where no true quantile can be."""
+        """p50/p95/p99 by nearest rank (SQL's ``percentile_disc``: the smallest value with
+        at least that share of the values at or below it), from the bins, through the
+        library's own walk, kept within the window's exact min and max (a bin's
+        representative value can fall outside them, where no true quantile can be).
+
+        The library's own rank, ``q * (n - 1)`` rounded down, gives the *lower* of two
+        values as their p95: a 1-minute window of a mote holds about two readings, and
+        its p95 drew below its mean on the dashboard."""
         if not stats[N]:
             return {name: None for name, _ in QUANTILES}
         sketch = DDSketch(self.relative_accuracy)
@@ -78,9 +83,19 @@ class Sketching:
             sketch.add(-value_of(int(key)), count)
         if stats[ZEROS]:
             sketch.add(0.0, stats[ZEROS])
-        low, high = stats[MIN], stats[MAX]
-        return {name: min(max(sketch.get_quantile_value(q), low), high)
+        low, high, n = stats[MIN], stats[MAX], stats[N]
+        return {name: min(max(sketch.get_quantile_value(_walk_at(q, n)), low), high)
                 for name, q in QUANTILES}
+
+
+def _walk_at(q: float, n: int) -> float:
+    """The fraction to give DDSketch's walk (rank ``fraction * (n - 1)``) so that it lands
+    on the nearest-rank position ``ceil(q * n) - 1``: half a rank past it, which the walk
+    rounds down, safe from floating-point error."""
+    if n < 2:
+        return 0.0
+    k = max(math.ceil(q * n) - 1, 0)
+    return 1.0 if k >= n - 1 else (k + 0.5) / (n - 1)
 
 
 def merge(into: Stats, other: Stats) -> None:

@@ -87,3 +87,24 @@ def test_quantiles_of_equal_values_are_that_value():
     # representative is above it): every quantile of a constant window is the constant.
     s = one_pass([(i, 2.73) for i in range(100)])
     assert set(sketching.quantiles(s).values()) == {2.73}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.just(0.0)),
+                min_size=1, max_size=300))
+def test_quantiles_are_nearest_rank_within_the_relative_accuracy(present):
+    # As SQL's percentile_disc: the value at position ceil(q * n) - 1 of the sorted values.
+    s = one_pass(list(enumerate(present)))
+    ordered = sorted(present)
+    for name, q in stats.QUANTILES:
+        want = ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+        got = sketching.quantiles(s)[name]
+        assert abs(got - want) <= 0.01 * abs(want) + 1e-12, (name, got, want)
+
+
+def test_the_p95_of_two_readings_is_the_higher_one():
+    s = one_pass([(0, 38.5), (1, 39.5)])
+    got = sketching.quantiles(s)
+    assert abs(got["p50"] - 38.5) <= 0.01 * 38.5
+    for name in ("p95", "p99"):
+        assert abs(got[name] - 39.5) <= 0.01 * 39.5 and got[name] > 39.0, (name, got[name])
