@@ -10,13 +10,13 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 from aiokafka.partitioner import murmur2
 
 from app.contract import format_ts
 from sinks import notifiers
+from tests import receiver
 
-from .harness import commits_and_ends, counter, eventually, free_port, produce, read_all
+from .harness import commits_and_ends, counter, eventually, produce, read_all
 from .test_anomalies import mote_readings
 
 pytestmark = pytest.mark.integration
@@ -25,34 +25,8 @@ SECRET = "integration-hmac-secret-0123"
 SLACK_TOKEN = "T0SECRET/B0SECRET/slacktokenpart"
 
 
-class Receiver:
-    """A webhook receiver on a fixed loopback port: records each POST, can be stopped
-    and started again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.got: list[dict[str, Any]] = []
-        self.runner: web.AppRunner | None = None
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.got.append({"path": request.path, "headers": dict(request.headers),
-                         "body": await request.read()})
-        return web.Response(status=204)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+class Receiver(receiver.Receiver):
+    """The shared receiver, reading what the worker sent."""
 
     def webhook(self, since: int = 0) -> list[dict[str, Any]]:
         """The webhook's documents since the ``since``-th request, each signature checked."""

@@ -11,7 +11,6 @@ import random
 
 import orjson
 import pytest
-from aiohttp import web
 
 from app.logs import JsonFormatter
 from app.settings import SettingError, load
@@ -25,6 +24,7 @@ from sinks.notifiers import (
     WebhookNotifier,
 )
 from tests.integration.harness import free_port
+from tests.receiver import Receiver
 
 SECRET = "s3cret-s3cret-s3cret"
 EVENT = {"sensor_id": "9", "metric": "temperature", "ts": "2026-11-22T10:00:00Z",
@@ -202,31 +202,6 @@ def test_notify_settings_off_by_default_and_secrets_masked_in_reprs():
     assert SECRET not in repr(s.values) and "tok" not in repr(s.values)
 
 
-class Receiver:
-    """A real HTTP server answering with the statuses queued, then 200."""
-
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        self.port = free_port()
-        self.runner: web.AppRunner | None = None
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.got.append((dict(request.headers), await request.read()))
-        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-
 @pytest.fixture
 async def receiver():
     r = Receiver()
@@ -249,7 +224,7 @@ async def test_delivery_retries_server_errors_then_succeeds(receiver):
     assert outcome.delivered and outcome.attempts == 4
     assert len(receiver.got) == 4
     assert _count(notifiers.RETRIED, "webhook", "anomaly") - retried == 3
-    headers, body = receiver.got[-1]
+    headers, body = receiver.got[-1]["headers"], receiver.got[-1]["body"]
     assert notifiers.verify(SECRET, headers[notifiers.TIMESTAMP_HEADER], body,
                             headers[notifiers.SIGNATURE_HEADER])
 
