@@ -96,14 +96,19 @@ async def write_both(pg: PostgresSink, lake: LakeSink, dataset, rows: list[tuple
         await lake.write(batch)
 
 
-def expected_readings(written: list[tuple], since: int, until: int) -> dict[tuple, float]:
-    """Each key once, its first copy (by source offset), by DuckDB over what was written."""
+def written_db(written: list[tuple]) -> duckdb.DuckDBPyConnection:
+    """DuckDB over what was written: table ``w`` (ts, sensor_id, metric, value, seq)."""
     db = duckdb.connect()
     db.execute("CREATE TABLE w (ts BIGINT, sensor_id TEXT, metric TEXT, value DOUBLE, "
                "seq BIGINT)")
     db.executemany("INSERT INTO w VALUES (?, ?, ?, ?, ?)",
                    [(r[0], r[1], r[2], r[3], r[7]) for r in written])
-    rows = db.execute(
+    return db
+
+
+def expected_readings(written: list[tuple], since: int, until: int) -> dict[tuple, float]:
+    """Each key once, its first copy (by source offset), by DuckDB over what was written."""
+    rows = written_db(written).execute(
         "SELECT ts, sensor_id, metric, value FROM (SELECT *, row_number() OVER "
         "(PARTITION BY sensor_id, metric, ts ORDER BY seq) AS n FROM w) "
         "WHERE n = 1 AND ts >= ? AND ts < ?", [since, until]).fetchall()
@@ -111,12 +116,7 @@ def expected_readings(written: list[tuple], since: int, until: int) -> dict[tupl
 
 
 def duckdb_daily(written: list[tuple], day: int) -> list[dict]:
-    db = duckdb.connect()
-    db.execute("CREATE TABLE w (ts BIGINT, sensor_id TEXT, metric TEXT, value DOUBLE, "
-               "seq BIGINT)")
-    db.executemany("INSERT INTO w VALUES (?, ?, ?, ?, ?)",
-                   [(r[0], r[1], r[2], r[3], r[7]) for r in written])
-    rows = db.execute(
+    rows = written_db(written).execute(
         "SELECT sensor_id, metric, count(value), min(value), max(value), avg(value) FROM "
         "(SELECT *, row_number() OVER (PARTITION BY sensor_id, metric, ts ORDER BY seq) "
         "AS n FROM w) WHERE n = 1 AND ts >= ? AND ts < ? GROUP BY 1, 2 ORDER BY 1, 2",
