@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
@@ -321,8 +321,36 @@ class Consumer(driver.Consumer):
                 notify(self._waiting_for_ack)
 
 
+def keep_known_topics(client: AIOKafkaClient) -> None:
+    """Make ``client`` keep tracking every topic it knows when a send names a new one.
+
+    An aiokafka client that tracks no topic in particular asks the broker for all of them;
+    a send to a topic missing from its metadata (one created after its last refresh: the
+    operators' pauses topic) makes it track that topic alone, and the next refresh drops
+    every other topic from its metadata. A batch waiting in the producer for such a topic
+    (a table's changelog) then has no leader and waits until something sends to its
+    topic again, and every commit waits for it (Faust flushes the producer first): the
+    stall after a pause under load, where the paused input sent nothing more."""
+    add_topic = client.add_topic
+
+    def add_keeping_known(topic: str) -> Any:
+        if not client._topics:
+            client._topics.update(client.cluster.topics())
+        return add_topic(topic)
+
+    client.add_topic = add_keeping_known
+
+
+class Producer(driver.Producer):
+    def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
+        producer = super()._new_producer(transactional_id)
+        keep_known_topics(producer.client)
+        return producer
+
+
 class Transport(driver.Transport):
     Consumer = Consumer
+    Producer = Producer
 
 
 def faust_broker_url(url: str) -> str:
