@@ -220,12 +220,43 @@ class Consumer(driver.Consumer):
         #: Per bulk partition: the offset after the last bundle handed over, and the
         #: rebalance generation it was handed over in.
         self._bundle_end: dict[TP, tuple[int, int | None]] = {}
+        #: Of the fetch being handed over: per partition, its first and last offsets, and
+        #: the last offset handed over (see ``getmany``).
+        self._fetched: dict[TP, tuple[int, int]] = {}
+        self._handed: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def getmany(self, timeout: float) -> Any:
+        """Faust's, then a seek back for each partition paused while its records were
+        being handed over: Faust drops the rest of a fetch of a partition no longer active
+        (an operator's pause, the sink watcher's), and the consumer's position is already
+        past them, so they would be fetched only after the partition's next message
+        arrives (skip checks) or never (commits stop at the hole). When every partition
+        is paused while a fetch waits, the active set it was given is empty, which
+        aiokafka reads as "all": that fetch returns (and Faust drops) records of
+        partitions paused long before, an operator's included."""
+        self._fetched, self._handed = {}, {}
+        generation = self.app.consumer_generation_id
+        async for item in super().getmany(timeout):
+            yield item
+        app = self.app
+        if (not self.flow_active or app.in_recovery
+                or app.consumer_generation_id != generation):
+            return  # the rebalance seeks every partition to its committed offset
+        assigned, changelogs = self.assignment(), app.tables.changelog_topics
+        for tp, offset in dropped(self._fetched, self._handed).items():
+            if tp in assigned and tp.topic not in changelogs:
+                log.info("records of a partition paused while handed over: fetched again "
+                         "on resume", extra={"topic": tp.topic, "partition": tp.partition,
+                                             "offset": offset})
+                await self.seek(tp, offset)
+
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
         records = await super()._getmany(active_partitions, timeout)
+        self._fetched = {tp: (batch[0].offset, batch[-1].offset)
+                         for tp, batch in (records or {}).items() if batch}
         if not BULK_TOPICS or not records:
             return records
         bundled = {}
@@ -238,7 +269,9 @@ class Consumer(driver.Consumer):
 
     def _to_message(self, tp: TP, record: Any) -> ConsumerMessage:
         if not isinstance(record, _Fetched):
+            self._handed[tp] = record.offset
             return super()._to_message(tp, record)
+        self._handed[tp] = record.records[-1].offset
         generation = self.app.consumer_generation_id
         first = record.records[0].offset
         end, then = self._bundle_end.get(tp, (None, None))
@@ -319,6 +352,19 @@ class Consumer(driver.Consumer):
                 message.acked = True
                 self._unacked_messages.discard(message)
                 notify(self._waiting_for_ack)
+
+
+def dropped(fetched: Mapping[TP, tuple[int, int]], handed: Mapping[TP, int]) -> dict[TP, int]:
+    """Per partition whose fetched records (``fetched``: first and last offsets) were not
+    all handed over (``handed``: the last offset handed over), the first one not."""
+    back = {}
+    for tp, (first, last) in fetched.items():
+        done = handed.get(tp)
+        if done is None:
+            back[tp] = first
+        elif done < last:
+            back[tp] = done + 1
+    return back
 
 
 def keep_known_topics(client: AIOKafkaClient) -> None:

@@ -191,8 +191,11 @@ async def test_a_sink_recovering_from_an_outage_leaves_a_paused_topic_paused(
     finally:
         await asyncio.to_thread(stack.up)
     await eventually(lambda: worker.get("/ready")[0] == 200, "the sink recovered", 60)
-    # Records fetched as the watcher paused are read back when their partition gets the
-    # next message (agents' skip checks): send some.
+    # Records fetched as the watcher paused are fetched again on its resume (the consumer
+    # seeks back to them: app.transport), not only when their partition's next message
+    # arrives (they sat unread 60 s before).
+    await eventually(lambda: ingested((worker,), other) == len(flowing) + 30,
+                     "the readings fetched as the watcher paused ingested", 30)
     await produce(bootstrap, other, readings_of("flow-3", 30, now - 600))
     await eventually(lambda: ingested((worker,), other) == len(flowing) + 60,
                      "the other topic is ingested again", 60)
