@@ -19,7 +19,7 @@ from app.main import app, settings
 from app.topics import KAFKA, readings
 from sinks.active import SINKS, sink_states, started
 from sinks.lake import LakeSink
-from web.group import answer
+from web.group import answer, ask_others, me
 from web.params import BadRequest, bad_request, scope
 
 log = logging.getLogger("sensorstream.admin")
@@ -165,17 +165,11 @@ def _paused_topics() -> dict[str, dict[str, str]]:
             for topic, change in HOLDS.paused().items()}
 
 
-def _me() -> str:
-    return str(app.conf.canonical_url).rstrip("/")
-
-
 async def _forward(request: web.Request, method: str, path: str,
                    body: dict[str, Any] | None = None,
                    ) -> tuple[list[dict[str, Any]], list[str]]:
     """What the other workers of the group answer to the same call with ``scope=local``,
     sent with the caller's token (so they log the same name); and who did not answer."""
-    me = _me()
-    others = [u.rstrip("/") for u in app.router.tables_metadata() if u.rstrip("/") != me]
     headers = {"Authorization": request.headers.get("Authorization", "")}
 
     async def call(url: str) -> dict[str, Any]:
@@ -186,14 +180,7 @@ async def _forward(request: web.Request, method: str, path: str,
                 return {"worker": url, "status": response.status, **answer}
             return answer
 
-    results = await asyncio.gather(*(call(u) for u in others), return_exceptions=True)
-    found, unreachable = [], []
-    for url, result in zip(others, results, strict=True):
-        if isinstance(result, BaseException):
-            unreachable.append(url)
-        else:
-            found.append(result)
-    return found, unreachable
+    return await ask_others(call)
 
 
 async def _body(request: web.Request, example: str) -> dict[str, Any]:
@@ -230,7 +217,7 @@ class _Change(web.View):
         await _apply(change, "forwarded" if local else "request")
         log.warning("admin: input topic %sd", action, extra={
             "by": who, "action": action, "target": topic, "forwarded": local})
-        mine = {"worker": _me(), "held_partitions": _held_partitions().get(topic, [])}
+        mine = {"worker": me(), "held_partitions": _held_partitions().get(topic, [])}
         if local:
             return self.json(mine)
         others, unreachable = await _forward(request, "POST", request.path,
@@ -268,7 +255,7 @@ class Paused(web.View):
     holds for them."""
 
     async def get(self, request: web.Request) -> web.Response:
-        mine = {"worker": _me(), "pauses_read": HOLDS.known,
+        mine = {"worker": me(), "pauses_read": HOLDS.known,
                 "held_partitions": _held_partitions()}
         return await _gathered(self, request, mine, {"paused": _paused_topics()})
 
@@ -278,7 +265,7 @@ class Sinks(web.View):
     """Every worker's sinks (as /ready shows them) and its partitions held by a pause."""
 
     async def get(self, request: web.Request) -> web.Response:
-        mine = {"worker": _me(), "sinks": sink_states(), "held_partitions": _held_partitions()}
+        mine = {"worker": me(), "sinks": sink_states(), "held_partitions": _held_partitions()}
         return await _gathered(self, request, mine, {"paused": _paused_topics()})
 
 
@@ -317,7 +304,7 @@ class _LakeAction(web.View):
         log.warning("admin: lake %s", self.action, extra={
             "by": who, "action": f"lake {self.action}", "target": str(target or "staging"),
             "forwarded": local, "result": done})
-        mine = {"worker": _me(), **done}
+        mine = {"worker": me(), **done}
         if local:
             return self.json(mine)
         others, unreachable = await _forward(request, "POST", request.path, body or None)

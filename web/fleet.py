@@ -22,7 +22,7 @@ from tables.daily import day_of
 from tables.sensor_state import local_keys, local_partitions, local_prefixed, state
 from tables.windows import LATEST
 from web.dashboard_parts import RateMeter, merge_fleet, sensor_state
-from web.group import answer, gather
+from web.group import answer, gather, me
 from web.metrics import consumer_lag
 from web.params import BadRequest, bad_request, scope
 from web.quality import Sensor, quality
@@ -107,7 +107,7 @@ def _partition_sensors(partition: int) -> list[dict[str, Any]]:
 def local_entry() -> dict[str, Any]:
     """This worker's part of ``/fleet``."""
     sensors = [s for p in local_partitions(state) for s in _partition_sensors(p)]
-    return {"worker": str(app.conf.canonical_url).rstrip("/"), "at": format_ts(now_us()),
+    return {"worker": me(), "at": format_ts(now_us()),
             "rates": meter.rates(), "rate_window_s": RATE_WINDOW_S, "lag": _lag(),
             "sensors": sensors}
 
