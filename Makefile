@@ -34,7 +34,7 @@ test-tools:
 	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } \
 	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	     --no-install-recommends chromium chromium-driver; } \
+	     chromium chromium-driver; } \
 	  || echo "chromium missing: install the Debian packages chromium and chromium-driver (the dashboard test fails without them)"
 
 lint: setup
