@@ -32,12 +32,19 @@ def token_name(tokens: Mapping[str, str], authorization: str | None) -> str | No
     """The name of the token in an ``Authorization: Bearer`` header, or None.
 
     Every configured token is compared in constant time, so the answer's timing does
-    not depend on how much of a guess was right.
+    not depend on how much of a guess was right. Any text is an answer, never an error:
+    a header with non-ASCII or undecodable bytes is an unknown token (401, not 500).
     """
     scheme, _, presented = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         return None
-    presented_bytes = presented.strip().encode()
+    try:
+        # aiohttp decodes header bytes that are not UTF-8 as lone surrogates
+        # (surrogateescape): they go back to their bytes; a surrogate of any other kind
+        # cannot be a configured token.
+        presented_bytes = presented.strip().encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
     found = None
     for token, name in tokens.items():
         if hmac.compare_digest(token.encode(), presented_bytes):

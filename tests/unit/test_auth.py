@@ -83,3 +83,22 @@ def test_protected_reads_need_a_token():
         settings.load({"SENSORSTREAM_PROTECT_READS": "maybe"})
     assert settings.load({"SENSORSTREAM_PROTECT_READS": "true",
                           "SENSORSTREAM_API_TOKENS": f"ops:{'a' * 20}"}).protect_reads
+
+
+@pytest.mark.parametrize("header", [
+    "Bearer é" + "a" * 19,            # non-ASCII (sent as UTF-8)
+    "Bearer \udcc3\udca9" + "a" * 18,  # bytes aiohttp could not decode (surrogateescape)
+    "Bearer \ud800" + "a" * 19,        # a lone surrogate of no byte
+    "Bearer \x00" + "a" * 19,
+    "Bearer " + "€" * 10_000,
+])
+def test_token_name_of_any_text_is_none_not_an_error(header):
+    """Finding 4 of issue 18: a non-ASCII bearer token made /admin/* answer 500."""
+    assert token_name(TOKENS, header) is None
+
+
+def test_a_non_ascii_token_can_be_configured_and_matched():
+    assert token_name({"clé-é" * 5: "ops"}, "Bearer " + "clé-é" * 5) == "ops"
+    # The same token sent in Latin-1: aiohttp hands its bytes over as surrogates.
+    latin1 = ("clé-é" * 5).encode("latin-1").decode("utf-8", "surrogateescape")
+    assert token_name({"clé-é" * 5: "ops"}, "Bearer " + latin1) is None
