@@ -37,6 +37,19 @@ METRICS_FIELD = "metrics"
 VALUE_FIELD = "value"
 
 MAX_ID_LENGTH = 256
+#: Longest metric name (after normalising): it is part of PostgreSQL's primary key.
+MAX_METRIC_LENGTH = 256
+#: Most metrics one reading may carry, so that one reading always fits a hand-over.
+MAX_METRICS = 1000
+#: Deepest nesting of arrays and objects inside one attribute value (``{"a": [[1]]}``
+#: is 2). orjson refuses to encode more than 254 levels; PostgreSQL's jsonb and every
+#: reader of the lake cope with this many.
+MAX_DEPTH = 32
+#: Largest attributes of one reading, as the hand-over encodes them (JSON, UTF-8): a
+#: reading's hand-over never comes near the producer's limit (``MAX_RECORD_BYTES``).
+MAX_ATTRIBUTES_BYTES = 64 * 1024
+#: Longest ``message`` a dead-letter record carries (a store's error can be long).
+MAX_MESSAGE_CHARS = 2000
 #: Largest time accepted: the end of year 9999, in microseconds since the epoch.
 MAX_TS_US = 253_402_300_799_999_999
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -61,6 +74,10 @@ class Reason(StrEnum):
     VALUE_NOT_NUMBER = "value_not_number"
     VALUE_NOT_FINITE = "value_not_finite"
     OUT_OF_RANGE = "out_of_range"
+    INVALID_TEXT = "invalid_text"
+    INVALID_NUMBER = "invalid_number"
+    TOO_DEEP = "too_deep"
+    TOO_LARGE = "too_large"
 
 
 @dataclass(slots=True)
@@ -115,12 +132,26 @@ def parse_time(value: Any) -> int | None:
     are seconds, milliseconds, microseconds or nanoseconds by magnitude:
     below 1e11 seconds, below 1e14 ms, below 1e17 us, else ns.
     """
+    try:
+        return _parse_time(value)
+    except (ValueError, OverflowError):  # documented never to raise: not a usable time
+        return None
+
+
+def _parse_time(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
         text = value.strip()
         if _NUMERIC.fullmatch(text):
-            value = int(text) if text.lstrip("+-").isdigit() else float(text)
+            digits = text.lstrip("+-")
+            if not digits.isdigit():
+                value = float(text)
+            else:
+                significant = digits.lstrip("0") or "0"
+                if len(significant) > 22:
+                    return None  # past the year 9999 in any unit (and int()'s digit limit)
+                value = -int(significant) if text.startswith("-") else int(significant)
         else:
             try:
                 dt = datetime.fromisoformat(text)
@@ -169,11 +200,38 @@ def _decode(value: bytes | None) -> tuple[Any, Rejection | None]:
         except UnicodeDecodeError as exc:
             return None, Rejection(Reason.NOT_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}")
         try:
-            return json.loads(text), None
+            return json.loads(text, parse_int=_parse_int), None
         except (ValueError, RecursionError):
             return None, Rejection(Reason.NOT_JSON, f"not JSON: {fast_error}")
     except RecursionError:
         return None, Rejection(Reason.NOT_JSON, "not JSON: nested too deeply")
+
+
+class _LongInteger(float):
+    """An integer literal too large for a double (orjson refuses it; ``int()`` refuses
+    over 4,300 digits): an infinite float that says what it was, so a metric holding one
+    is ``value_not_finite`` alone instead of the whole message being ``not_json``."""
+
+    __slots__ = ("digits",)
+
+    def __new__(cls, text: str) -> _LongInteger:
+        number = super().__new__(cls, "-inf" if text.startswith("-") else "inf")
+        number.digits = len(text.lstrip("+-"))
+        return number
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> int | float:
+    """An integer literal as orjson reads it, so both decoders give the same values: an
+    int within 64 bits, else a float (infinite, a ``_LongInteger``, past a double)."""
+    if len(text) < 19:
+        return int(text)
+    if len(text) < 22 and _INT_MIN <= (number := int(text)) < _INT_END:
+        return number
+    number = float(text)
+    return number if math.isfinite(number) else _LongInteger(text)
 
 
 def _first_present(doc: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str | None, Any]:
@@ -187,10 +245,11 @@ def _first_present(doc: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str 
 def _sensor_id(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return str(value)
     if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+        value = int(value)
+    if isinstance(value, int):
+        text = str(value)
+        return text if len(text) <= MAX_ID_LENGTH else None
     if isinstance(value, str):
         text = value.strip()
         if 0 < len(text) <= MAX_ID_LENGTH and text.isprintable():
@@ -199,8 +258,91 @@ def _sensor_id(value: Any) -> str | None:
 
 
 def _brief(value: Any, limit: int = 60) -> str:
+    """A short quote of ``value`` for a message: ``repr`` escapes NUL and surrogates."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad_text(text: str) -> bool:
+    """NUL (PostgreSQL's text and jsonb refuse it) or a lone surrogate (not UTF-8: the
+    hand-over's encoder refuses it). An ASCII string is checked by one ``in``."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_INT_MIN, _INT_END = -(2**63), 2**64  # what the hand-over's JSON encoder (orjson) carries
+
+
+def _attributes_problem(attributes: dict[str, Any]) -> tuple[Reason, str] | None:
+    """Why the hand-over or a store could not carry these attributes, or None.
+
+    One iterative walk over every key and value at every depth; a flat object of short
+    strings costs a few checks per field. The size is bounded from below while walking
+    (so a huge attribute stops the walk early) and measured exactly only when it could
+    be near ``MAX_ATTRIBUTES_BYTES``.
+    """
+    chars = 0  #: a lower bound of the encoded size
+    items = 0
+    stack: list[tuple[Any, int, str]] = [(attributes, 0, "")]
+    while stack:
+        container, depth, top = stack.pop()
+        items += len(container)
+        chars += 2 * len(container)
+        pairs = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, value in pairs:
+            name = key if depth == 0 else top
+            if isinstance(key, str):
+                chars += len(key)
+                if _bad_text(key):
+                    return Reason.INVALID_TEXT, (
+                        f"attribute {_brief(name)} has a key holding a NUL character or a "
+                        "lone surrogate, which the stores cannot keep")
+            if isinstance(value, str):
+                chars += len(value)
+                if chars > MAX_ATTRIBUTES_BYTES:
+                    break
+                if _bad_text(value):
+                    return Reason.INVALID_TEXT, (
+                        f"attribute {_brief(name)} holds a NUL character or a lone "
+                        "surrogate, which the stores cannot keep")
+            elif isinstance(value, dict | list):
+                if depth >= MAX_DEPTH:
+                    return Reason.TOO_DEEP, (
+                        f"attribute {_brief(name)} nests arrays or objects more than "
+                        f"{MAX_DEPTH} levels deep")
+                stack.append((value, depth + 1, name))
+            elif isinstance(value, bool) or value is None:
+                continue
+            elif isinstance(value, float):
+                if not math.isfinite(value):
+                    return Reason.INVALID_NUMBER, (
+                        f"attribute {_brief(name)} holds {_brief(value)}, which JSON "
+                        "cannot carry")
+            elif isinstance(value, int):
+                if not _INT_MIN <= value < _INT_END:
+                    return Reason.INVALID_NUMBER, (
+                        f"attribute {_brief(name)} holds an integer outside 64 bits, "
+                        "which the hand-over cannot carry")
+            else:
+                return Reason.INVALID_NUMBER, (
+                    f"attribute {_brief(name)} holds a {type(value).__name__}, not JSON")
+        if chars > MAX_ATTRIBUTES_BYTES:
+            return Reason.TOO_LARGE, (
+                f"attributes of more than {MAX_ATTRIBUTES_BYTES} bytes")
+    # At most 6 bytes a character (an escape), 30 an item (number, quotes, separators).
+    if 6 * chars + 30 * items > MAX_ATTRIBUTES_BYTES:
+        size = len(orjson.dumps(attributes))
+        if size > MAX_ATTRIBUTES_BYTES:
+            return Reason.TOO_LARGE, (
+                f"attributes of {size} bytes, more than {MAX_ATTRIBUTES_BYTES}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -321,8 +463,9 @@ class Contract:
                         Reason.BAD_SHAPE, f"{METRICS_FIELD!r} must be an object of "
                         f"metric: number, got {type(value).__name__}", index, sensor_id))
                     continue
-            is_number = value is None or (
-                isinstance(value, int | float) and not isinstance(value, bool))
+            # A boolean is a metric value too (not a number): a flag to carry goes in
+            # ATTRIBUTE_FIELDS, or in a long reading.
+            is_number = value is None or isinstance(value, int | float)
             if (long_form or not is_number or key in self.attribute_fields
                     or key in ID_FIELDS or key in TIME_FIELDS or key == METRICS_FIELD):
                 attributes[key] = value
@@ -334,15 +477,27 @@ class Contract:
                 Reason.NO_METRICS, "reading has no metric: no numeric field, no 'metrics' "
                 "object and no 'metric'/'value' pair", index, sensor_id))
             return
-        if metrics:
-            readings.append(Reading(sensor_id, ts, metrics, attributes))
+        if not metrics:
+            return
+        if len(metrics) > MAX_METRICS:
+            rejections.append(Rejection(
+                Reason.TOO_LARGE, f"reading has {len(metrics)} metrics, more than "
+                f"{MAX_METRICS}", index, sensor_id))
+            return
+        if attributes:
+            problem = _attributes_problem(attributes)
+            if problem is not None:
+                rejections.append(Rejection(problem[0], problem[1], index, sensor_id))
+                return
+        readings.append(Reading(sensor_id, ts, metrics, attributes))
 
     def _add_metric(self, metrics: dict[str, float | None], raw_name: Any, value: Any,
                     index: int | None, sensor_id: str, rejections: list[Rejection]) -> None:
         name = normalise_metric(raw_name) if isinstance(raw_name, str) else ""
-        if not name:
+        if not name or len(name) > MAX_METRIC_LENGTH:
             rejections.append(Rejection(
-                Reason.INVALID_METRIC, f"{_brief(raw_name)} is not a metric name", index,
+                Reason.INVALID_METRIC, f"{_brief(raw_name)} is not a metric name (a string "
+                f"of 1 to {MAX_METRIC_LENGTH} letters, digits or _ once normalised)", index,
                 sensor_id))
             return
         if name in metrics:
@@ -394,29 +549,45 @@ class Source:
         return f"{self.topic}:{self.partition}"
 
 
+def _record_text(value: Any, limit: int = MAX_MESSAGE_CHARS) -> str | None:
+    """``value`` as text any JSON encoder and Kafka header takes: at most ``limit``
+    characters, a lone surrogate written as its escape (``\\ud800``)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def dead_letter(rejection: Rejection, original: bytes | None, source: Source,
                 at_us: int | None = None,
                 max_bytes: int = MAX_RECORD_BYTES) -> tuple[bytes, list[tuple[str, bytes]]]:
     """The dead-letter record of one rejection: JSON value and headers (same facts in both).
 
-    Only an original too large for ``max_bytes`` even as the sole content is cut, and
-    the record says so (``original_truncated``, ``original_size``); the whole message
-    stays in the source topic at the offset the record names.
+    Never raises, whatever the rejection's text holds (a store's error may quote a
+    lone surrogate): texts are bounded and made encodable. Only an original too large
+    for ``max_bytes`` even as the sole content is cut: the record keeps the base64 of
+    its first bytes, says so (``original_truncated``, ``original_size`` and the
+    ``message``); the whole message stays in the source topic at the offset named.
     """
     original = original or b""
     try:
         text, encoding = original.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(original).decode("ascii"), "base64"
+    message = _record_text(rejection.message) or ""
     record = {
         "contract_version": CONTRACT_VERSION,
-        "reason": str(rejection.reason),
-        "message": rejection.message,
-        "source": {"topic": source.topic, "partition": source.partition,
+        "reason": _record_text(rejection.reason, 100),
+        "message": message,
+        "source": {"topic": _record_text(source.topic, 300), "partition": source.partition,
                    "offset": source.offset, "timestamp_ms": source.timestamp_ms},
         "reading_index": rejection.index,
-        "sensor_id": rejection.sensor_id,
-        "metric": rejection.metric,
+        "sensor_id": _record_text(rejection.sensor_id, 300),
+        "metric": _record_text(rejection.metric, 300),
         "original": text,
         "original_encoding": encoding,
         "original_size": len(original),
@@ -425,18 +596,31 @@ def dead_letter(rejection: Rejection, original: bytes | None, source: Source,
     }
     value = orjson.dumps(record)
     if len(value) > max_bytes:
-        keep = max(0, len(original) - (len(value) - max_bytes) - 1024)
-        record["original"] = base64.b64encode(original[: keep * 3 // 4]).decode("ascii")
+        # As base64 (exact bytes, 4 characters per 3), as much as fits with the message
+        # that says the original was cut.
+        record["original"] = ""
         record["original_encoding"] = "base64"
         record["original_truncated"] = True
+        record["message"] = (
+            f"{message} (original cut to {len(original)} of {len(original)} bytes: a "
+            f"dead-letter record is limited to {max_bytes} bytes; the whole message is "
+            "at the source offset)")
+        room = max_bytes - len(orjson.dumps(record)) - 64
+        keep = min(len(original), max(0, room // 4 * 3))
+        record["original_truncated"] = keep < len(original)
+        record["message"] = message if keep == len(original) else (
+            f"{message} (original cut to {keep} of {len(original)} bytes: a dead-letter "
+            f"record is limited to {max_bytes} bytes; the whole message is at the source "
+            "offset)")
+        record["original"] = base64.b64encode(original[:keep]).decode("ascii")
         value = orjson.dumps(record)
     headers = [
-        ("sensorstream-reason", str(rejection.reason).encode()),
-        ("sensorstream-message", rejection.message.encode("utf-8", "replace")),
-        ("sensorstream-source-topic", source.topic.encode()),
+        ("sensorstream-reason", str(record["reason"]).encode()),
+        ("sensorstream-message", str(record["message"]).encode()),
+        ("sensorstream-source-topic", str(record["source"]["topic"]).encode()),
         ("sensorstream-source-partition", str(source.partition).encode()),
         ("sensorstream-source-offset", str(source.offset).encode()),
-        ("sensorstream-original-encoding", record["original_encoding"].encode()),
+        ("sensorstream-original-encoding", str(record["original_encoding"]).encode()),
     ]
     return value, headers
 

@@ -12,6 +12,10 @@ from hypothesis import strategies as st
 
 from app.contract import (
     ID_FIELDS,
+    MAX_ATTRIBUTES_BYTES,
+    MAX_DEPTH,
+    MAX_METRICS,
+    MAX_RECORD_BYTES,
     TIME_FIELDS,
     Contract,
     Reading,
@@ -86,12 +90,12 @@ def test_wide_reading_numbers_are_metrics_and_the_rest_attributes():
     reading = only_reading({
         "sensor_id": "s", "ts": ISO, "temperature": 21.5, "humidity": 40, "light": None,
         "location": "lab", "lat": 37.4, "lon": -122.1, "unit": "C", "schema_version": 2,
-        "event_id": 17, "firmware": "1.2", "ok": True, "tags": ["a"], "extra": {"k": 1},
+        "event_id": 17, "firmware": "1.2", "tags": ["a", True], "extra": {"k": 1},
     })
     assert reading.metrics == {"temperature": 21.5, "humidity": 40.0, "light": None}
     assert reading.attributes == {
         "location": "lab", "lat": 37.4, "lon": -122.1, "unit": "C", "schema_version": 2,
-        "event_id": 17, "firmware": "1.2", "ok": True, "tags": ["a"], "extra": {"k": 1}}
+        "event_id": 17, "firmware": "1.2", "tags": ["a", True], "extra": {"k": 1}}
 
 
 def test_metrics_object_holds_metrics_too():
@@ -371,3 +375,183 @@ def test_arbitrary_json_never_raises_and_accounts(doc):
     _accounting_holds(result)
     assert result.count_in >= (0 if isinstance(doc, list) or (
         isinstance(doc, dict) and "readings" in doc) else 1)
+
+
+# -- poison input (issue 18): what a later stage cannot carry is rejected here ---------------
+
+
+def _rejected_alone(raw: bytes, reason: Reason):
+    """``raw`` (a wide reading with one good metric) is one rejection of ``reason``, and
+    that reading's rejection is encodable as a dead letter."""
+    result = CONTRACT.parse(raw, NOW)
+    assert result.readings == []
+    assert [x.reason for x in result.rejections] == [reason], result.rejections
+    rejection = result.rejections[0]
+    assert rejection.sensor_id == "x"
+    record = orjson.loads(dead_letter(rejection, raw, Source("in", 0, 1), NOW)[0])
+    assert record["reason"] == reason.value
+    return rejection
+
+
+def _wide(extra: bytes) -> bytes:
+    return b'{"sensor_id":"x","ts":"%s","temperature":21,%s}' % (ISO.encode(), extra)
+
+
+def test_attribute_nested_300_arrays_deep_is_too_deep():
+    _rejected_alone(_wide(b'"x":' + b"[" * 300 + b"]" * 300), Reason.TOO_DEEP)
+
+
+def test_attribute_nesting_up_to_max_depth_is_carried():
+    deep = {"x": 1}
+    for _ in range(MAX_DEPTH - 1):
+        deep = {"x": deep}
+    reading = only_reading({"sensor_id": "x", "ts": ISO, "t": 1, "a": deep})
+    assert decode_batch(encode_batch([(reading, Source("in", 0, 1), NOW)])).rows[0][0] == reading
+    _rejected_alone(orjson.dumps({"sensor_id": "x", "ts": ISO, "t": 1, "a": {"x": deep}}),
+                    Reason.TOO_DEEP)
+
+
+@pytest.mark.parametrize("extra", [
+    rb'"note":"\ud800"',  # a lone surrogate: orjson refuses it, json.loads' slow path not
+    rb'"note":{"deep":["ok","\udfff"]}',
+    rb'"\ud800":"key"',
+    rb'"note":"bad\u0000byte"',  # NUL: PostgreSQL's text and jsonb refuse it
+    rb'"note":[{"k\u0000":1}]',
+])
+def test_attribute_text_with_nul_or_lone_surrogate_is_invalid_text(extra):
+    rejection = _rejected_alone(_wide(extra), Reason.INVALID_TEXT)
+    assert "NUL" in rejection.message
+
+
+def test_non_ascii_text_is_carried():
+    reading = only_reading({"sensor_id": "x", "ts": ISO, "t": 1, "note": "ü 🙂 \u2028 \\u0000"})
+    assert reading.attributes == {"note": "ü 🙂 \u2028 \\u0000"}
+
+
+@pytest.mark.parametrize("extra", [rb'"x":{"y":NaN}', rb'"lat":Infinity',
+                                   b'"x":[' + b"1" * 400 + b"]",
+                                   b'"x":{"y":' + b"9" * 5000 + b"}"])
+def test_attribute_numbers_json_cannot_carry_are_invalid_number(extra):
+    # 'lat' is a declared attribute, so its infinity is not a metric.
+    _rejected_alone(_wide(extra), Reason.INVALID_NUMBER)
+
+
+def test_timestamp_string_of_5000_digits_is_invalid_time():
+    assert parse_time("1" * 5000) is None
+    assert parse_time("-" + "0" * 4990 + "1700000000") is None
+    assert parse_time("+" + "0" * 4990 + "1700000000") == 1_700_000_000_000_000
+    assert parse_time("1" * 5000 + ".5") is None
+    raw = b'{"sensor_id":"x","ts":"%s","temperature":21}' % (b"1" * 5000)
+    _rejected_alone(raw, Reason.INVALID_TIME)
+
+
+def test_five_megabyte_attribute_is_too_large():
+    rejection = _rejected_alone(_wide(b'"blob":"' + b"a" * 5_000_000 + b'"'), Reason.TOO_LARGE)
+    assert str(MAX_ATTRIBUTES_BYTES) in rejection.message
+
+
+def test_attributes_just_under_the_limit_are_carried_and_over_it_are_not():
+    # Escapes count: 10,000 control characters encode to 60,000 bytes.
+    fits = {"a": "\x01" * 10_000, "b": "é" * 2_000}
+    reading = only_reading({"sensor_id": "x", "ts": ISO, "t": 1, **fits})
+    assert len(orjson.dumps(reading.attributes)) <= MAX_ATTRIBUTES_BYTES
+    over = {"a": "\x01" * 11_000}
+    _rejected_alone(orjson.dumps({"sensor_id": "x", "ts": ISO, "t": 1, **over}),
+                    Reason.TOO_LARGE)
+    many = {f"k{i}": [i] for i in range(10_000)}  # small items, many of them
+    _rejected_alone(orjson.dumps({"sensor_id": "x", "ts": ISO, "t": 1, **many}),
+                    Reason.TOO_LARGE)
+
+
+def test_a_reading_of_more_than_max_metrics_is_too_large():
+    doc = {"sensor_id": "x", "ts": ISO, **{f"m{i}": i for i in range(MAX_METRICS + 1)}}
+    _rejected_alone(orjson.dumps(doc), Reason.TOO_LARGE)
+    doc.pop(f"m{MAX_METRICS}")
+    assert len(only_reading(doc).metrics) == MAX_METRICS
+
+
+def test_overlong_metric_names_and_ids_are_rejected():
+    result = parse({"sensor_id": "x", "ts": ISO, "t": 1, "m" * 300: 2})
+    assert [r.metrics for r in result.readings] == [{"t": 1.0}]
+    assert [x.reason for x in result.rejections] == [Reason.INVALID_METRIC]
+    assert only_rejection(json.dumps({"sensor_id": 10**300, "ts": ISO, "t": 1}).encode()
+                          ).reason == Reason.INVALID_ID
+    assert only_rejection({"sensor_id": 1e300, "ts": ISO, "t": 1}).reason == Reason.INVALID_ID
+
+
+def test_a_5000_digit_integer_metric_is_that_metric_value_not_finite():
+    raw = b'{"sensor_id":"x","ts":"%s","big":%s,"temperature":21}' % (
+        ISO.encode(), b"9" * 5000)
+    result = CONTRACT.parse(raw, NOW)
+    assert [r.metrics for r in result.readings] == [{"temperature": 21.0}]
+    assert [(x.reason, x.metric) for x in result.rejections] == [
+        (Reason.VALUE_NOT_FINITE, "big")]
+    assert "5000 digits" in result.rejections[0].message
+    negative = CONTRACT.parse(b'{"sensor_id":"x","ts":"%s","metrics":{"m":-%s}}' % (
+        ISO.encode(), b"1" * 5000), NOW)
+    assert [x.reason for x in negative.rejections] == [Reason.VALUE_NOT_FINITE]
+    as_id = CONTRACT.parse(b'{"sensor_id":%s,"ts":"%s","t":1}' % (b"7" * 5000, ISO.encode()),
+                           NOW)
+    assert [x.reason for x in as_id.rejections] == [Reason.INVALID_ID]
+
+
+def test_a_boolean_wide_value_is_value_not_number_and_the_others_go_on():
+    result = parse({"sensor_id": "x", "ts": ISO, "on": True, "temperature": 21})
+    assert [r.metrics for r in result.readings] == [{"temperature": 21.0}]
+    assert [(x.reason, x.metric) for x in result.rejections] == [
+        (Reason.VALUE_NOT_NUMBER, "on")]
+    assert only_rejection({"sensor_id": "x", "ts": ISO, "on": False}).reason == (
+        Reason.VALUE_NOT_NUMBER)
+    declared = Contract(attribute_fields=frozenset({"on"}))
+    kept = declared.parse(orjson.dumps({"sensor_id": "x", "ts": ISO, "on": True, "t": 1}), NOW)
+    assert [r.attributes for r in kept.readings] == [{"on": True}]
+    long = only_reading({"sensor_id": "x", "ts": ISO, "metric": "t", "value": 1, "on": True})
+    assert long.attributes == {"on": True}
+
+
+def test_a_5_megabyte_non_json_original_is_cut_and_the_message_says_so():
+    raw = b"not json " + b"z" * 5_000_000
+    rejection = CONTRACT.parse(raw, NOW).rejections[0]
+    assert rejection.reason == Reason.NOT_JSON
+    value, headers = dead_letter(rejection, raw, Source("in", 0, 9), NOW)
+    assert len(value) <= MAX_RECORD_BYTES
+    record = orjson.loads(value)
+    kept = base64.b64decode(record["original"])
+    assert raw.startswith(kept) and len(kept) > 3_000_000
+    assert record["original_truncated"] is True and record["original_size"] == len(raw)
+    assert (f"original cut to {len(kept)} of {len(raw)} bytes: a dead-letter record is "
+            f"limited to {MAX_RECORD_BYTES} bytes") in record["message"]
+    assert dict(headers)["sensorstream-message"].decode() == record["message"]
+
+
+def test_an_original_of_escapes_fits_whole_as_base64():
+    raw = b'"' + b"\x01" * 600_000  # 6 bytes a character as JSON text, 1.33 as base64
+    rejection = CONTRACT.parse(raw, NOW).rejections[0]
+    record = orjson.loads(dead_letter(rejection, raw, Source("in", 0, 9), NOW,
+                                      max_bytes=1_000_000)[0])
+    assert record["original_truncated"] is False
+    assert base64.b64decode(record["original"]) == raw
+    assert "cut" not in record["message"]
+
+
+@pytest.mark.parametrize("text", ["quote \ud800 lone", "nul \x00 byte", "x" * 100_000, 17])
+def test_dead_letter_never_raises_on_any_message_text(text):
+    from app.contract import Rejection
+
+    rejection = Rejection(Reason.NOT_JSON, text, 3, "s\udfff", "m\x00")
+    value, headers = dead_letter(rejection, b"\xff", Source("in", 0, 1), NOW)
+    record = orjson.loads(value)
+    assert len(record["message"]) <= 2000
+    assert record["sensor_id"] == "s\\udfff"
+    assert all(isinstance(v, bytes) for _k, v in headers)
+    assert dict(headers)["sensorstream-message"].decode() == record["message"]
+
+
+@pytest.mark.parametrize("slow", [b"", b',"nan":NaN'])
+def test_integers_past_64_bits_are_floats_from_either_decoder(slow):
+    raw = _wide(b'"x":[123456789012345678901234567890,18446744073709551615,-9223372036854775808]'
+                + slow)
+    reading = CONTRACT.parse(raw, NOW).readings[0]
+    assert reading.attributes == {
+        "x": [1.2345678901234568e+29, 18446744073709551615, -9223372036854775808]}
+    assert type(reading.attributes["x"][1]) is int
