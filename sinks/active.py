@@ -13,8 +13,16 @@ from typing import Any
 from faust.types import TP
 
 from app.main import app, settings
-from app.topics import aggregates, anomalies, by_sensor
-from sinks.base import Backoff, CircuitBreaker, Delivery, Guarded, Sink
+from app.topics import aggregates, anomalies, by_sensor, dead_letters
+from sinks.base import (
+    Backoff,
+    CircuitBreaker,
+    Delivery,
+    Guarded,
+    Refusal,
+    Sink,
+    refusal_record,
+)
 from sinks.configured import make_sink
 from sinks.records import AGGREGATES, ANOMALIES, READINGS
 
@@ -33,12 +41,25 @@ def build_sinks() -> list[Sink]:
             for name in settings.enabled_sinks]
 
 
+async def send_refused(refused: list[Refusal]) -> None:
+    """Rows a sink refused for their content to the dead-letter topic, confirmed by the
+    broker before the delivery acknowledges their messages (it retries if this raises)."""
+    await dead_letters.maybe_declare()
+    sent = []
+    for refusal in refused:
+        key, value, headers = refusal_record(refusal)
+        sent.append(await dead_letters.send(key=key, value=value, headers=headers))
+    await app.producer.flush()
+    for confirmation in sent:
+        await confirmation  # raises if the broker did not take it
+
+
 SINKS = build_sinks()
 _guarded = [Guarded(sink, CircuitBreaker(settings.sink_breaker_failures,
                                          settings.sink_breaker_cooldown),
                     Backoff(base=0.2, cap=settings.sink_retry_max)) for sink in SINKS]
 DELIVERIES = {dataset.name: Delivery(dataset, _guarded, settings.sink_batch_rows,
-                                     settings.sink_batch_window)
+                                     settings.sink_batch_window, send_refused)
               for dataset in (READINGS, AGGREGATES, ANOMALIES)}
 started = asyncio.Event()
 start_errors: dict[str, str] = {}

@@ -9,24 +9,36 @@ idempotent). A write that fails is retried, forever, with exponential backoff an
 full jitter: a sink that is down must not lose a reading, so it holds the stream
 instead. While any sink is failing, or cannot take more (``Sink.full``), the
 delivery reports itself degraded and the worker pauses its partitions.
+
+A write can also fail for what the rows hold, not for the store's health: a value the
+store refuses (``Sink.refuses`` tells the two apart by the error's class). Retrying
+that would stall the stream for ever, so the batch is split in halves, recursively,
+until every good row is stored and each refused row is alone; a refused row goes to
+the dead-letter topic (reason ``sink_refused``, with the store's error) and the
+messages are acknowledged as usual. A refusal never makes a sink degraded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from app.contract import Rejection, dead_letter
+from app.contract import Source as Lineage
+from app.logs import Throttle
 from app.metrics import BulkHistogram
-from sinks.records import Dataset
+from sinks.records import READINGS, Dataset
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,10 @@ SINK_UP = Gauge("sensorstream_sink_up", "1 while the sink writes, 0 while it is 
                 "(or full)", ["sink"])
 BREAKER_OPEN = Gauge("sensorstream_sink_circuit_open", "1 while the sink's circuit breaker "
                      "is open (writes wait for the cooldown)", ["sink"])
+DEAD_LETTERED = Counter(
+    "sensorstream_sink_rows_dead_lettered",
+    "Rows a sink refused for their content, written to the dead-letter topic instead",
+    ["sink", "dataset"])
 PAUSED_SECONDS = Counter("sensorstream_sink_paused_seconds",
                          "Time the worker's partitions were paused for a degraded sink")
 PAUSED = Gauge("sensorstream_sink_paused", "1 while the worker's partitions are paused "
@@ -100,6 +116,37 @@ class Sink(ABC):
     def status(self) -> dict[str, Any]:
         """Extra facts for ``/ready``."""
         return {}
+
+    def refuses(self, exc: BaseException) -> bool:
+        """Whether ``exc`` from ``write`` is about the rows' content (retrying cannot help:
+        the rows are isolated and dead-lettered) rather than the store's health (an
+        outage: retried). A sink says so by raising ``ContentError``; a store's own
+        error classes may say it too (a sink overrides this)."""
+        return isinstance(exc, ContentError)
+
+
+class ContentError(Exception):
+    """A sink cannot store these rows because of what they hold (a value its format or
+    column type cannot carry), as opposed to an outage."""
+
+
+#: The reason code of a row a sink refused, in the dead-letter record and its headers.
+SINK_REFUSED = "sink_refused"
+#: Longest store error kept in a dead-letter record and a log line.
+ERROR_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One row a sink refused for its content, alone, with the store's error."""
+
+    sink: str
+    batch: Batch  #: the one-row batch the sink refused
+    error: str
+
+    @property
+    def row(self) -> tuple:
+        return self.batch.rows[0]
 
 
 @dataclass
@@ -168,22 +215,50 @@ class Guarded:
                     f"{self.last_error}")
         return self.sink.full()
 
-    async def write(self, batch: Batch, stopping: Callable[[], bool]) -> bool:
-        """Write until it succeeds; False only when the worker stops first."""
+    async def write(self, batch: Batch, stopping: Callable[[], bool]) -> list[Refusal] | None:
+        """Store ``batch``; None only when the worker stops first.
+
+        An outage is retried until the sink recovers. Rows the sink refuses for their
+        content are isolated by splitting the batch in halves, written in order (so the
+        copy of a key that wins is the same as in one write), and returned, each alone.
+        """
+        refused: list[Refusal] = []
+        pending = [batch]
+        while pending:
+            part = pending.pop()
+            error = await self._write_until_stored(part, stopping)
+            if error is _STOPPED:
+                return None
+            if error is None:
+                continue
+            if len(part.rows) == 1:
+                refused.append(Refusal(self.name, part, str(error)))
+                continue
+            half = len(part.rows) // 2
+            pending += [replace(part, rows=part.rows[half:]),
+                        replace(part, rows=part.rows[:half])]
+            log.debug("sink %s refused a batch for its content: splitting it", self.name,
+                      extra={"sink": self.name, "rows": len(part.rows), **part.where()})
+        return refused
+
+    async def _write_until_stored(self, batch: Batch,
+                                  stopping: Callable[[], bool]) -> str | object | None:
+        """None once stored; the store's error when it refuses the rows' content;
+        ``_STOPPED`` when the worker stops while the sink is down."""
         attempt = 0
         labels = (self.name, batch.dataset.name)
         while True:
             while (reason := self.sink.full()) is not None:
                 SINK_UP.labels(self.name).set(0)
                 if stopping():
-                    return False
+                    return _STOPPED
                 log.debug("sink %s is full: %s", self.name, reason)
                 await asyncio.sleep(0.5)
             wait = self.breaker.wait_time()
             if wait:
                 await asyncio.sleep(min(wait, 1.0))
                 if stopping():
-                    return False
+                    return _STOPPED
                 continue
             started = time.monotonic()
             try:
@@ -191,6 +266,9 @@ class Guarded:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self.sink.refuses(exc):
+                    self._answered(batch)  # the store is up: it judged the rows
+                    return error_text(exc)
                 ERRORS.labels(*labels).inc()
                 self.breaker.failure()
                 BREAKER_OPEN.labels(self.name).set(int(self.breaker.open))
@@ -201,7 +279,7 @@ class Guarded:
                     log.warning("sink %s failed; retrying until it recovers: %s", self.name,
                                 self.last_error, extra={"sink": self.name, **batch.where()})
                 if stopping():
-                    return False
+                    return _STOPPED
                 RETRIES.labels(*labels).inc()
                 await asyncio.sleep(self.backoff.delay(attempt))
                 attempt += 1
@@ -210,16 +288,95 @@ class Guarded:
             WRITE_SECONDS.labels(*labels).observe(time.monotonic() - started)
             BATCH_ROWS.labels(*labels).observe(len(batch.rows))
             ROWS_WRITTEN.labels(*labels).inc(len(batch.rows))
-            self.breaker.success()
-            BREAKER_OPEN.labels(self.name).set(0)
-            SINK_UP.labels(self.name).set(1)
-            if self.failing_since is not None:
-                log.info("sink %s recovered after %.1f s", self.name,
-                         time.monotonic() - self.failing_since,
-                         extra={"sink": self.name, **batch.where()})
-                self.failing_since = None
-                self.last_error = None
-            return True
+            self._answered(batch)
+            return None
+
+    def _answered(self, batch: Batch) -> None:
+        """The store answered (stored, or judged the rows): it is healthy."""
+        self.breaker.success()
+        BREAKER_OPEN.labels(self.name).set(0)
+        SINK_UP.labels(self.name).set(1)
+        if self.failing_since is not None:
+            log.info("sink %s recovered after %.1f s", self.name,
+                     time.monotonic() - self.failing_since,
+                     extra={"sink": self.name, **batch.where()})
+            self.failing_since = None
+            self.last_error = None
+
+
+_STOPPED = object()
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` of a store's error, bounded and always encodable."""
+    return clean_text(f"{type(exc).__name__}: {exc}", ERROR_CHARS)
+
+
+def clean_text(value: Any, limit: int) -> str:
+    """``value`` as text of at most ``limit`` characters that UTF-8 can carry (a lone
+    surrogate becomes ``?``)."""
+    text = value if isinstance(value, str) else str(value)
+    return text[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # JSON has no NaN or infinity
+    if isinstance(value, str):  # a lone surrogate as the text ``\ud800``: strict
+        # JSON parsers refuse the escape
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def row_json(dataset: Dataset, row: tuple) -> bytes:
+    """A row as a JSON object of its columns (times in microseconds since the epoch).
+    Always serialises, and strict parsers read it: a value JSON cannot carry becomes
+    its ``repr`` (NaN as ``"nan"``), a lone surrogate the text ``\\ud800``; NUL stays
+    (escaped)."""
+    doc = {name: _json_value(value) for name, value in zip(dataset.columns, row,
+                                                            strict=False)}
+    if len(row) > len(dataset.columns):
+        doc["_extra"] = [_json_value(value) for value in row[len(dataset.columns):]]
+    return json.dumps(doc, ensure_ascii=True, default=repr).encode("ascii")
+
+
+def _small_int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63:
+        return value
+    return None
+
+
+def refusal_record(refusal: Refusal) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """The dead-letter record of a refused row: key (its sensor), JSON value, headers.
+
+    The shape of ``app.contract.dead_letter`` (reason ``sink_refused``, message, source,
+    original, ...) plus ``sink``, ``dataset`` and ``error``. ``source`` is the row's
+    lineage: a reading's input message, or the aggregates/anomalies message it came
+    from; ``original`` is the row itself as JSON (``row_json``).
+    """
+    batch, row = refusal.batch, refusal.row
+    dataset = batch.dataset
+    if dataset is READINGS:
+        topic, partition, offset = row[-3], row[-2], row[-1]
+    else:
+        topic, partition, offset = batch.topic, row[-2], row[-1]
+    source = Lineage(clean_text(topic if topic is not None else "", 300),
+                    _small_int(partition), _small_int(offset))  # type: ignore[arg-type]
+    sensor_id = row[dataset.index("sensor_id")]
+    metric = row[dataset.index("metric")]
+    sensor_id = None if sensor_id is None else clean_text(sensor_id, 300)
+    metric = None if metric is None else clean_text(metric, 300)
+    error = clean_text(refusal.error, ERROR_CHARS)
+    message = f"the {refusal.sink} sink refused this {dataset.name} row: {error}"
+    value, headers = dead_letter(
+        Rejection(SINK_REFUSED, message, sensor_id=sensor_id, metric=metric),  # type: ignore[arg-type]
+        row_json(dataset, row), source)
+    record = json.loads(value)
+    record.update(sink=refusal.sink, dataset=dataset.name, error=error)
+    headers += [("sensorstream-sink", refusal.sink.encode()),
+                ("sensorstream-dataset", dataset.name.encode())]
+    key = None if sensor_id is None else sensor_id.encode("utf-8")
+    return key, json.dumps(record).encode("utf-8"), headers
 
 
 def event_times(batch: Batch) -> list[int | None]:
@@ -234,6 +391,10 @@ def now_us() -> int:
 
 Ack = Callable[[], Any]
 Source = tuple[str | None, tuple[int, int]]  #: a topic, and the (first, last) offsets
+#: Sends refused rows' dead-letter records (``refusal_record``) durably; raises if not.
+DeadLetter = Callable[[list[Refusal]], Awaitable[None]]
+#: One log line per sink and dataset every 10 s shows an example refused row.
+_refusal_lines = Throttle(10.0)
 
 
 class Delivery:
@@ -243,11 +404,14 @@ class Delivery:
     holds ``max_rows`` rows or its oldest row waited ``max_wait`` seconds. One batch
     is written at a time while the next fills; when the next is full too, ``add``
     waits, which holds the stream (and Faust stops fetching once its buffer fills).
+    Rows a sink refuses go to ``dead_letter`` before the batch's messages are
+    acknowledged (without one, as in unit tests, they are only counted and logged).
     """
 
     def __init__(self, dataset: Dataset, sinks: Sequence[Guarded], max_rows: int,
-                 max_wait: float) -> None:
+                 max_wait: float, dead_letter: DeadLetter | None = None) -> None:
         self.dataset = dataset
+        self.dead_letter = dead_letter
         self.sinks = list(sinks)
         self.max_rows = max_rows
         self.max_wait = max_wait
@@ -331,23 +495,59 @@ class Delivery:
             self._sources = {}
             self._idle.clear()
             try:
-                if await self._write_all(rows, sources):
+                refused = await self._write_all(rows, sources)
+                if refused is not None and await self._dead_letter_all(refused):
                     for ack in acks:
                         ack()
             finally:
                 self._idle.set()
                 self._room.set()
 
-    async def _write_all(self, rows: dict[int, list[tuple]],
-                         sources: dict[int, Source]) -> bool:
-        def stopping() -> bool:
-            return self._stopping
+    def _is_stopping(self) -> bool:
+        return self._stopping
 
+    async def _write_all(self, rows: dict[int, list[tuple]],
+                         sources: dict[int, Source]) -> list[Refusal] | None:
+        """Every sink's refused rows once all stored the rest; None if stopped first."""
+        refused: list[Refusal] = []
         for partition, part_rows in rows.items():
             topic, offsets = sources.get(partition, (None, None))
             batch = Batch(self.dataset, partition, part_rows, topic, offsets)
-            results = await asyncio.gather(*(g.write(batch, stopping) for g in self.sinks))
-            if not all(results):
-                return False
+            results = await asyncio.gather(*(g.write(batch, self._is_stopping)
+                                             for g in self.sinks))
+            if any(result is None for result in results):
+                return None
+            refused += [refusal for result in results for refusal in result or ()]
+        return refused
+
+    async def _dead_letter_all(self, refused: list[Refusal]) -> bool:
+        """Send the refused rows' dead letters (retried until sent); False if stopped
+        first (the messages are then not acknowledged, and delivered again)."""
+        if not refused:
+            return True
+        attempt = 0
+        backoff = Backoff(base=0.2, cap=5.0)
+        while self.dead_letter is not None:
+            try:
+                await self.dead_letter(refused)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cannot send refused rows to the dead-letter topic; retrying: "
+                            "%s", error_text(exc), extra={"rows": len(refused)})
+                if self._stopping:
+                    return False
+                await asyncio.sleep(backoff.delay(attempt))
+                attempt += 1
+        for refusal in refused:
+            DEAD_LETTERED.labels(refusal.sink, self.dataset.name).inc()
+            held = _refusal_lines.allow((refusal.sink, self.dataset.name))
+            log.log(logging.DEBUG if held is None else logging.WARNING,
+                    "the %s sink refused a %s row: dead-lettered: %s", refusal.sink,
+                    self.dataset.name, refusal.error, extra={
+                        "sink": refusal.sink, **refusal.batch.where(),
+                        "sent": self.dead_letter is not None,
+                        "similar_since_last_line": held})
         return True
 

@@ -20,6 +20,12 @@ copy. A sensor's rows always come from one partition, so a sealed period holds e
 reading once. Periods awaiting a seal are marked under ``_sensorstream/open/`` (readers
 skip ``_`` directories), so a restarted worker, or the next owner of a partition, seals
 what was left open.
+
+A row the lake cannot hold (a time outside years 1-9999, which names no directory; a
+value its column's Arrow type cannot carry) is refused for its content: ``write``
+raises ``ContentError`` before any file is written, and the delivery (sinks.base)
+dead-letters it. A write that fails part-way (disk errors: an outage, retried) removes
+the part files it had already written, so a retry or a split stores nothing twice.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prometheus_client import Counter, Gauge
 
-from sinks.base import Backoff, Batch, Sink
+from sinks.base import Backoff, Batch, ContentError, Sink
 from sinks.objectstore import ObjectStore, fsync_path, md5_of
 from sinks.records import DATASETS, Dataset, deduplicate, period_of_dir, to_table
 
@@ -198,39 +204,43 @@ class LakeSink(Sink):
 
     async def write(self, batch: Batch) -> None:
         dataset = batch.dataset
-        groups: defaultdict[str, list[tuple]] = defaultdict(list)
-        for row in batch.rows:
-            groups[dataset.lake_dir(row)].append(row)
-        written = await asyncio.to_thread(self._write_parts, dataset, batch.partition, groups)
+        tables, newest = await asyncio.to_thread(_tables, dataset, batch.rows)
+        written = await asyncio.to_thread(self._write_parts, batch.partition, tables)
         now = time.time()
         for path, size in written:
             self._stage(path, size, now)
-        time_at = dataset.index(dataset.time)
-        newest = max(row[time_at] for row in batch.rows)
         key = (dataset.name, batch.partition)
         self._newest[key] = max(self._newest.get(key, newest), newest)
 
-    def _write_parts(self, dataset: Dataset, partition: int,
-                     groups: dict[str, list[tuple]]) -> list[tuple[Path, int]]:
-        written = []
-        for directory, rows in groups.items():
-            table = to_table(dataset, rows)
-            if dataset.path_column is not None:
-                table = table.drop_columns([dataset.path_column])
-            folder = self.pending / directory
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"{PART}{partition}-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-            temp = folder / f"{name}.tmp"
-            self._writing.add(temp)
-            try:
-                write_parquet(table, temp)
-                _fsync_file_and_dir(temp)
-                path = folder / name
-                os.replace(temp, path)
-            finally:
-                self._writing.discard(temp)
-            _fsync_file_and_dir(path)
-            written.append((path, path.stat().st_size))
+    def _write_parts(self, partition: int,
+                     tables: dict[str, pa.Table]) -> list[tuple[Path, int]]:
+        """One part file per directory; all or none (a failure removes what it wrote)."""
+        written: list[tuple[Path, int]] = []
+        try:
+            for directory, table in tables.items():
+                folder = self.pending / directory
+                folder.mkdir(parents=True, exist_ok=True)
+                name = f"{PART}{partition}-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+                temp = folder / f"{name}.tmp"
+                self._writing.add(temp)
+                try:
+                    try:
+                        write_parquet(table, temp)
+                    except _CONTENT_ERRORS as exc:
+                        raise ContentError(f"{type(exc).__name__}: {exc}") from exc
+                    _fsync_file_and_dir(temp)
+                    path = folder / name
+                    os.replace(temp, path)
+                finally:
+                    temp.unlink(missing_ok=True)
+                    self._writing.discard(temp)
+                written.append((path, 0))
+                _fsync_file_and_dir(path)
+                written[-1] = (path, path.stat().st_size)
+        except BaseException:
+            for path, _size in written:  # not staged: nothing else knows of them
+                path.unlink(missing_ok=True)
+            raise
         return written
 
     # -- uploading -------------------------------------------------------------------
@@ -428,6 +438,31 @@ class LakeSink(Sink):
         return {"url": self.store.url, "staged_files": len(self._staged),
                 "staged_bytes": self.staged_bytes(), "open_periods": len(self._open),
                 "upload_error": self.last_upload_error}
+
+
+#: Errors of building Parquet from rows: about the rows' content, not the disk.
+_CONTENT_ERRORS = (ValueError, TypeError, OverflowError, pa.ArrowNotImplementedError)
+
+
+def _tables(dataset: Dataset, rows: list[tuple]) -> tuple[dict[str, pa.Table], int]:
+    """The rows as one Arrow table per lake directory, and their newest time; raises
+    ``ContentError`` for rows the lake cannot hold."""
+    try:
+        groups: defaultdict[str, list[tuple]] = defaultdict(list)
+        for row in rows:
+            groups[dataset.lake_dir(row)].append(row)
+        tables = {}
+        for directory, group in groups.items():
+            table = to_table(dataset, group)
+            if dataset.path_column is not None:
+                table = table.drop_columns([dataset.path_column])
+            tables[directory] = table
+        time_at = dataset.index(dataset.time)
+        newest = max(row[time_at] for row in rows)
+    except (*_CONTENT_ERRORS, OSError) as exc:  # no I/O here: an OSError is a time's
+        # (``datetime.fromtimestamp`` past the platform's limits)
+        raise ContentError(f"{type(exc).__name__}: {exc}") from exc
+    return tables, newest
 
 
 def _dataset_of(directory: str) -> Dataset:

@@ -10,6 +10,12 @@ Rows older than their table's retention are not written (they would be dropped a
 once; the lake keeps them) and are counted. Without TimescaleDB the sink keeps each
 table's daily partitions: created before rows need them and ``PG_PARTITIONS_AHEAD``
 days ahead, dropped once past the retention.
+
+A row PostgreSQL refuses for its content (``refuses``: a data exception, SQLSTATE
+class 22, such as ``\u0000`` in ``jsonb``; an integrity violation, class 23, other
+than a missing partition; a program limit, class 54; or a value asyncpg cannot encode,
+a time no daily partition can be named for) is dead-lettered by the delivery
+(sinks.base); connection errors, timeouts and every other error are outages, retried.
 """
 
 from __future__ import annotations
@@ -17,14 +23,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 from prometheus_client import Counter
 
 from sinks import schema as schema_mod
-from sinks.base import Batch, Sink
+from sinks.base import Batch, ContentError, Sink
 from sinks.records import DAY_US, READINGS, Dataset
 
 log = logging.getLogger(__name__)
@@ -231,22 +237,33 @@ class PostgresSink(Sink):
         rows = batch.rows
         time_at = dataset.index(dataset.time)
         cutoff = self._cutoff_us(table)
-        if cutoff is not None:
-            kept = [row for row in rows if row[time_at] >= cutoff]
-            if len(kept) < len(rows):
-                ROWS_SKIPPED.labels(table).inc(len(rows) - len(kept))
-            rows = kept
+        try:  # pure work on the rows: what fails here fails for what they hold
+            if cutoff is not None:
+                kept = [row for row in rows if row[time_at] >= cutoff]
+                if len(kept) < len(rows):
+                    ROWS_SKIPPED.labels(table).inc(len(rows) - len(kept))
+                rows = kept
+            days = sorted({row[time_at] // DAY_US * DAY_US for row in rows})
+            if not self.timescale:
+                for day in days:
+                    _partition_name(table, day)  # a time no partition can be named for
+            records = _stage_records(dataset, rows)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ContentError(f"{type(exc).__name__}: {exc}") from exc
         if not rows:
             return
         async with self.pool.acquire() as conn:
             if not self.timescale:
-                days = {row[time_at] // DAY_US * DAY_US for row in rows}
-                await self._create_partitions(conn, table, sorted(days))
+                await self._create_partitions(conn, table, days)
             try:
                 async with conn.transaction():
-                    await conn.copy_records_to_table(
-                        f"stage_{table}", records=_stage_records(dataset, rows),
-                        columns=_stage_columns(table))
+                    try:
+                        await conn.copy_records_to_table(
+                            f"stage_{table}", records=records,
+                            columns=_stage_columns(table))
+                    except (TypeError, ValueError, OverflowError) as exc:
+                        # asyncpg's encoders refused a value (a type, a range, UTF-8)
+                        raise ContentError(f"{type(exc).__name__}: {exc}") from exc
                     status = await conn.execute(_move_sql(self.schema, table))
             except asyncpg.CheckViolationError:
                 # "no partition ... for row": another worker dropped or never made one
@@ -256,15 +273,37 @@ class PostgresSink(Sink):
                 raise
         ROWS_INSERTED.labels(table).inc(_inserted(status))
 
+    def refuses(self, exc: BaseException) -> bool:
+        """Content errors by class: data exceptions (SQLSTATE 22), integrity violations
+        (23) but a missing partition (a check violation: retried once the partitions
+        are learnt again), program limits (54, such as an index row too large), and
+        what ``write`` found in the rows itself (``ContentError``)."""
+        if isinstance(exc, asyncpg.CheckViolationError):
+            return False
+        return isinstance(exc, (ContentError, asyncpg.DataError,
+                                asyncpg.IntegrityConstraintViolationError,
+                                asyncpg.ProgramLimitExceededError))
+
     def status(self) -> dict[str, Any]:
         return {"flavour": "timescaledb" if self.timescale else "partitioned",
                 "schema": self.schema}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _day(day_us: int) -> datetime:
+    """The day as a datetime; OverflowError outside years 1-9999 (exact integer
+    arithmetic, no platform ``gmtime`` limits)."""
+    return _EPOCH + timedelta(microseconds=day_us)
+
+
 def _partition_name(table: str, day_us: int) -> str:
-    return f"{table}_p{datetime.fromtimestamp(day_us / 1e6, UTC):%Y%m%d}"
+    day = _day(day_us)
+    return f"{table}_p{day.year:04d}{day.month:02d}{day.day:02d}"
 
 
 def _day_text(day_us: int) -> str:
-    return f"{datetime.fromtimestamp(day_us / 1e6, UTC):%Y-%m-%d}"
+    day = _day(day_us)
+    return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
 

@@ -234,3 +234,211 @@ async def test_a_crash_between_seal_upload_and_delete_leaves_copies_the_next_sea
 
 async def _failing(_keys):
     raise ConnectionError("gone")
+
+
+# -- rows a sink refuses for their content (issue 18) ------------------------------------
+
+
+def test_postgres_tells_content_errors_from_outages_by_their_class():
+    import asyncpg
+    from asyncpg.exceptions import _base as asyncpg_base
+
+    from sinks.base import ContentError
+    from sinks.postgres import PostgresSink
+
+    sink = PostgresSink("postgresql://unused", "s", {}, 1, 0)
+    content = [
+        asyncpg.UntranslatableCharacterError("unsupported Unicode escape sequence"),
+        asyncpg.CharacterNotInRepertoireError('invalid byte sequence for encoding "UTF8"'),
+        asyncpg.NumericValueOutOfRangeError("value out of range"),
+        asyncpg.DatetimeFieldOverflowError("timestamp out of range"),
+        asyncpg.InvalidTextRepresentationError("invalid input syntax for type json"),
+        asyncpg.NotNullViolationError('null value in column "sensor_id"'),
+        asyncpg.ProgramLimitExceededError("index row size exceeds maximum"),
+        ContentError("OverflowError: value out of int64 range"),
+    ]
+    outages = [
+        asyncpg.CheckViolationError("no partition of relation found for row"),
+        asyncpg.PostgresConnectionError("connection lost"),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.TooManyConnectionsError("too many clients"),
+        asyncpg.AdminShutdownError("terminating connection"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed"),
+        asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
+        asyncpg.UndefinedTableError('relation "readings" does not exist'),
+        ConnectionRefusedError(111, "Connection refused"),
+        TimeoutError(),
+        OSError(28, "No space left on device"),
+        # Python errors not raised by the encoding of a row (the sink wraps those) are
+        # bugs: retried and visible, never a reason to drop a row.
+        asyncpg_base.DataError("invalid input for query argument"),
+        ValueError("a bug"),
+        AssertionError("the PostgreSQL sink is not started"),
+    ]
+    assert [e for e in content if not sink.refuses(e)] == []
+    assert [e for e in outages if sink.refuses(e)] == []
+
+
+@pytest.mark.parametrize(("dataset", "row"), [
+    (READINGS, (-10**18, "s1", "t", 1.0, None, "in", 0, 1)),  # year -29719: no directory
+    (READINGS, (10**23, "s1", "t", 1.0, None, "in", 0, 1)),  # past the platform's time_t
+    (READINGS, (T0, "s1", "t", "warm", None, "in", 0, 1)),  # not a double
+    (READINGS, (T0, "s\ud800", "t", 1.0, None, "in", 0, 1)),  # not UTF-8
+    (AGGREGATES, ("1m", T0, T0 + 60_000_000, "s1", "t", None, 2**64, 0, *(1.0,) * 7, T0,
+                  T0, 100.0, False, 0, 1)),  # count past int64
+    (ANOMALIES, (T0, None, "t", "zscore", "high", 9.0, "r", None, None, None, 0, False, 0,
+                 1)),  # no sensor: the column is not nullable
+])
+async def test_the_lake_refuses_rows_it_cannot_hold_before_writing_anything(
+        tmp_path, dataset, row):
+    sink = lake(tmp_path, FileStore(tmp_path / "lake"))
+    await sink.start()
+    good = reading(0) if dataset is READINGS else None
+    rows = [good, row] if good else [row]
+    with pytest.raises(Exception) as caught:
+        await sink.write(Batch(dataset, 0, rows))
+    assert sink.refuses(caught.value), caught.value
+    assert not list((tmp_path / "staging" / "pending").rglob("*.parquet*"))
+    assert not sink._staged
+    await sink.stop()
+
+
+async def test_a_lake_write_failing_part_way_for_the_disk_is_an_outage_and_leaves_nothing(
+        tmp_path, monkeypatch):
+    import sinks.lake as lake_mod
+
+    sink = lake(tmp_path, FileStore(tmp_path / "lake"))
+    await sink.start()
+    real = lake_mod.write_parquet
+    calls = []
+
+    def second_fails(table, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(table, path)
+
+    monkeypatch.setattr(lake_mod, "write_parquet", second_fails)
+    two_hours = [reading(0), reading(3600)]  # two directories: two part files
+    with pytest.raises(OSError) as caught:
+        await sink.write(Batch(READINGS, 0, two_hours))
+    assert not sink.refuses(caught.value)
+    assert len(calls) == 2
+    assert not list((tmp_path / "staging" / "pending").rglob("*.parquet*")), (
+        "the first part stayed: a retry would store its rows twice")
+    monkeypatch.setattr(lake_mod, "write_parquet", real)
+    await sink.write(Batch(READINGS, 0, two_hours))
+    assert len(list((tmp_path / "staging" / "pending").rglob("*.parquet"))) == 2
+    await sink.stop()
+
+
+class Picky(Sink):
+    """Refuses (for content) any batch holding a row whose value is in ``bad``; fails
+    like an outage ``outages`` times first."""
+
+    def __init__(self, name: str, bad: set[float], outages: int = 0) -> None:
+        self.name = name
+        self.bad = bad
+        self.outages = outages
+        self.rows: list[tuple] = []
+        self.attempts = 0
+
+    async def write(self, batch: Batch) -> None:
+        from sinks.base import ContentError
+
+        self.attempts += 1
+        if self.outages:
+            self.outages -= 1
+            raise ConnectionError("down")
+        refused = [row for row in batch.rows if row[3] in self.bad]
+        if refused:
+            raise ContentError(f"cannot hold {refused[0][3]}")
+        self.rows.extend(batch.rows)
+
+
+async def test_refused_rows_are_isolated_dead_lettered_once_and_acked_after():
+    bad = {7.0, 8.0, 30.0}
+    picky, lenient = Picky("picky", bad, outages=2), Picky("lenient", set())
+    guarded = [Guarded(s, CircuitBreaker(3, 0.05), Backoff(base=0.01, cap=0.02))
+               for s in (picky, lenient)]
+    events: list[tuple] = []
+
+    async def dead_letter(refused):
+        events.append(("dead-lettered", sorted((r.sink, r.row[3]) for r in refused)))
+
+    delivery = Delivery(READINGS, guarded, max_rows=40, max_wait=0.05,
+                        dead_letter=dead_letter)
+    delivery.start()
+    rows = [reading(i, value=float(i), offset=i) for i in range(40)]
+    for i in range(0, 40, 4):  # ten messages of four rows
+        await delivery.add(0, rows[i:i + 4], lambda i=i: events.append(("ack", i)), "in",
+                           (i, i + 3))
+    await until(lambda: len(events) == 11)
+    assert events[0] == ("dead-lettered", [("picky", 7.0), ("picky", 8.0), ("picky", 30.0)])
+    assert events[1:] == [("ack", i) for i in range(0, 40, 4)]  # only after
+    assert picky.rows == [r for r in rows if r[3] not in bad]  # each once, in order
+    assert lenient.rows == rows  # the other sink stores what it can
+    assert delivery.degraded() == {}
+    assert guarded[0].breaker.consecutive == 0 and not guarded[0].breaker.open
+    # 2 outages retried, then the halving: far fewer writes than one per row
+    assert picky.attempts < 30, picky.attempts
+    await delivery.stop()
+
+
+async def test_no_ack_while_the_dead_letters_cannot_be_sent():
+    picky = Picky("picky", {1.0})
+    failures = [2]
+    sent: list[float] = []
+    acked: list[int] = []
+
+    async def dead_letter(refused):
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("broker down")
+        sent.extend(r.row[3] for r in refused)
+
+    delivery = Delivery(READINGS, [Guarded(picky, CircuitBreaker(5, 1), Backoff())],
+                        max_rows=3, max_wait=0.01, dead_letter=dead_letter)
+    delivery.start()
+    await delivery.add(0, [reading(i, value=float(i)) for i in range(3)],
+                       lambda: acked.append(len(sent)))
+    await until(lambda: acked, deadline=20)
+    assert sent == [1.0] and acked == [1] and failures == [0]
+    await delivery.stop()
+
+
+def test_a_refused_rows_dead_letter_record_always_serialises_with_its_lineage():
+    import orjson
+
+    from sinks.base import Refusal, refusal_record
+
+    row = (T0, "s\x00\ud800", "temperature", float("nan"), '{"note":"bad\\u0000byte"}',
+           "in-topic", 2, 41)
+    key, value, headers = refusal_record(Refusal(
+        "postgres", Batch(READINGS, 1, [row], "handovers", (5, 9)),
+        "UntranslatableCharacterError: unsupported Unicode escape sequence\ud800"))
+    record = orjson.loads(value)
+    assert record["reason"] == "sink_refused" and record["sink"] == "postgres"
+    assert record["dataset"] == "readings"
+    assert record["error"].startswith("UntranslatableCharacterError: unsupported")
+    assert "postgres sink refused" in record["message"]
+    assert record["source"]["topic"] == "in-topic"
+    assert (record["source"]["partition"], record["source"]["offset"]) == (2, 41)
+    original = orjson.loads(record["original"])
+    assert original["sensor_id"] == "s\x00\\ud800"
+    assert original["time"] == T0 and original["value"] == "nan"
+    assert original["attributes"] == '{"note":"bad\\u0000byte"}'
+    assert record["original_encoding"] == "utf-8"
+    assert dict(headers)["sensorstream-sink"] == b"postgres"
+    assert dict(headers)["sensorstream-reason"] == b"sink_refused"
+    assert key == b"s\x00?"
+
+    window = ("1m", T0, T0 + 60_000_000, "s1", "t", None, 2**64, 0, *(1.0,) * 7, T0, T0,
+              100.0, False, 3, 12)
+    _key, value, _headers = refusal_record(Refusal(
+        "lake", Batch(AGGREGATES, 3, [window], "aggregates-topic"), "OverflowError: x" * 100))
+    record = orjson.loads(value)
+    assert record["source"] == {"topic": "aggregates-topic", "partition": 3, "offset": 12,
+                                "timestamp_ms": None}
+    assert len(record["error"]) == 500
+    assert '"count": 18446744073709551616' in record["original"]
