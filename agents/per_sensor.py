@@ -17,11 +17,29 @@ from typing import Any
 import orjson
 
 from app import metrics
-from app.contract import decode_batch, format_ts, now_us, parse_time
+from app.contract import (
+    Handover,
+    Reason,
+    Rejection,
+    Source,
+    dead_letter,
+    decode_batch,
+    format_ts,
+    now_us,
+    parse_time,
+)
 from app.locations import location_of
 from app.main import app, settings
 from app.reread import read_range
-from app.topics import KAFKA, aggregates, anomalies, by_location, by_sensor, late
+from app.topics import (
+    KAFKA,
+    aggregates,
+    anomalies,
+    by_location,
+    by_sensor,
+    dead_letters,
+    late,
+)
 from tables import fault_rules
 from tables import locations as location_windows
 from tables.anomalies import RECENT, RECENT_DIGITS, Judgement
@@ -64,7 +82,7 @@ DAY_RETENTION_S = max(size.retention for size in settings.windows)
 
 @app.agent(by_sensor, name="per-sensor")
 async def per_sensor(stream):
-    for topic in (late, aggregates, anomalies, by_location):
+    for topic in (late, aggregates, anomalies, by_location, dead_letters):
         await topic.maybe_declare()
     async for event in stream.events():
         partition, offset = event.message.partition, event.message.offset
@@ -99,7 +117,7 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
     days = Days(store, RULES.ranges)
     batch = windows.batch(store, partition, days)
     batch.delivered(offset)
-    handover = decode_batch(value)
+    handover = await _decoded(partition, value, offset)
     judgement = Judgement(store, RULES, FAULTS, days)
     for reading, source, _ingested_at in handover.rows:
         batch.add(reading, source)
@@ -132,6 +150,52 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
     _expire(store, partition, batch.part["newest"])
     _count(batch)
     await store.send_changes()
+
+
+async def _decoded(partition: int, value: bytes | None, offset: int) -> Handover:
+    """The hand-over at ``offset``; one that cannot be decoded (a record another producer
+    wrote to the topic) is dead-lettered with its bytes and applied as an empty one, so
+    that its offset counts as applied and the stage goes on. It is counted in and
+    dead-lettered under the hand-over topic's name: it holds no input reading."""
+    try:
+        handover = decode_batch(value)
+        problem = _malformed(handover)
+    except orjson.JSONDecodeError as exc:
+        reason, problem = Reason.NOT_JSON, f"not JSON: {exc}"
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        reason, problem = Reason.BAD_SHAPE, f"{type(exc).__name__}: {exc}"
+    else:
+        if problem is None:
+            return handover
+        reason = Reason.BAD_SHAPE
+    topic = by_sensor.get_topic_name()
+    text = f"a hand-over the per-sensor stage cannot read: {problem}"[:1000]
+    record, headers = dead_letter(Rejection(reason, text), value, Source(topic, partition, offset))
+    await dead_letters.send(key=None, value=record, headers=headers)
+    metrics.READINGS_IN.labels(topic).inc()
+    metrics.DEAD_LETTERED.labels(topic, reason).inc()
+    log.error("dead-lettered an unreadable hand-over: %s", text, extra={
+        "topic": topic, "partition": partition, "offset": offset, "reason": str(reason)})
+    return Handover([], {}, {})
+
+
+def _malformed(handover: Handover) -> str | None:
+    """What makes a decoded hand-over unusable (types the ingest stage never writes)."""
+    for reading, source, at in handover.rows:
+        if not (isinstance(reading.sensor_id, str) and type(reading.ts) is int
+                and isinstance(reading.metrics, dict) and isinstance(reading.attributes, dict)
+                and isinstance(source.topic, str) and type(source.partition) is int
+                and type(source.offset) is int and type(at) is int):
+            return f"a row of sensor {str(reading.sensor_id)[:100]!r} has the wrong types"
+        for metric, number in reading.metrics.items():
+            if not (number is None or type(number) is float) or not isinstance(metric, str):
+                return (f"metric {str(metric)[:100]!r} of sensor {reading.sensor_id[:100]!r} "
+                        "is not a number")
+    if not (isinstance(handover.watermarks, dict) and isinstance(handover.dead_letters, dict)
+            and all(type(v) is int for v in handover.watermarks.values())
+            and all(type(v) is int for v in handover.dead_letters.values())):
+        return "watermarks or dead-letter counts of the wrong types"
+    return None
 
 
 def _check_silence(batch: Batch, judgement: Judgement, partition: int) -> None:

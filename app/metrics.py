@@ -54,6 +54,18 @@ INPUT_REFETCHED = Counter(
 ANOMALIES = Counter(
     "sensorstream_anomalies", "Anomaly events emitted (cooldown repeats not included)",
     ["detector", "severity"])
+STAGE_FAILURES = Counter(
+    "sensorstream_stage_failures",
+    "Stages stopped by an error that is not about the data (a bug): the worker stops "
+    "without committing past the message", ["stage"])
+#: Stage -> the error that stopped it in this process (``/ready`` names it).
+FAILED_STAGES: dict[str, str] = {}
+
+
+def stage_failed(stage: str, exc: BaseException) -> None:
+    """Count a stage stopped by a bug and remember why, for ``/ready`` until the exit."""
+    STAGE_FAILURES.labels(stage).inc()
+    FAILED_STAGES[stage] = f"{type(exc).__name__}: {exc}"[:300]
 
 
 class BulkHistogram(Collector):

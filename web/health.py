@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from faust import web
 
+from app import metrics
 from app.main import app
 from sinks.active import SINKS, sink_states
 
 
 def not_ready_reason() -> str | None:
     """Why the worker cannot serve yet, or None when it can."""
+    if metrics.FAILED_STAGES:
+        return "stage stopped by an error: " + "; ".join(
+            f"{stage}: {error}" for stage, error in metrics.FAILED_STAGES.items())
     if not app.started or app.consumer is None:
         return "starting"
     if app.rebalancing:
