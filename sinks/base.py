@@ -308,8 +308,10 @@ _STOPPED = object()
 
 
 def error_text(exc: BaseException) -> str:
-    """``Type: message`` of a store's error, bounded and always encodable."""
-    return clean_text(f"{type(exc).__name__}: {exc}", ERROR_CHARS)
+    """``Type: message`` of a store's error (a ``ContentError`` names the error it
+    wraps), bounded and always encodable."""
+    text = str(exc) if isinstance(exc, ContentError) else f"{type(exc).__name__}: {exc}"
+    return clean_text(text, ERROR_CHARS)
 
 
 def clean_text(value: Any, limit: int) -> str:
