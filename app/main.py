@@ -15,6 +15,7 @@ from app.contract import MAX_RECORD_BYTES
 from app.kafka import faust_credentials
 from app.logs import JsonFormatter, logging_config
 from app.transport import faust_broker_url
+from web import guard
 
 
 def stop_startup(exc: _settings.SettingError) -> None:
@@ -94,8 +95,15 @@ app = faust.App(
     value_serializer="raw",
     logging_config=logging_config(),
     Worker=Worker,
+    # Faust's own /table/ and /router/ views are off: undocumented, they showed any
+    # table's raw values and answered an unknown table with 503 (issue 18's fuzz test).
+    web_tables_enabled=False,
+    web_router_enabled=False,
+    # Outermost first: no view answers with a traceback; tokens; then parameters.
     web_application_options={
-        "middlewares": [auth.middleware(settings.api_tokens, settings.protect_reads)]},
+        "middlewares": [guard.last_resort,
+                        auth.middleware(settings.api_tokens, settings.protect_reads),
+                        guard.checked_params]},
 )
 
 

@@ -25,6 +25,8 @@ from web.params import BadRequest, bad_request, scope
 log = logging.getLogger("sensorstream.admin")
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+#: Longest logger name ``/admin/log-level`` takes (dotted module names are far shorter).
+MAX_LOGGER_NAME = 200
 
 
 @app.page("/admin/log-level")
@@ -46,8 +48,10 @@ class LogLevel(web.View):
         if not isinstance(level, str) or level.lower() not in LEVELS:
             return self.json({"error": f"level must be one of: {', '.join(LEVELS)}"},
                              status=400)
-        if not isinstance(name, str):
-            return self.json({"error": "logger must be a logger name (default: the root)"},
+        if not isinstance(name, str) or len(name) > MAX_LOGGER_NAME or not name.isprintable():
+            # A logger, once named, lives as long as the process: bounded, printable.
+            return self.json({"error": "logger must be a logger name (default: the root) "
+                                       f"of printable characters, at most {MAX_LOGGER_NAME}"},
                              status=400)
         logger = logging.getLogger(name or None)
         previous = logging.getLevelName(logger.level).lower()

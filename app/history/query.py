@@ -98,17 +98,29 @@ def _check_known(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
 
 
 def _text(query: Mapping[str, str], name: str) -> str | None:
+    """A parameter's text; QueryError for a NUL (PostgreSQL and asyncpg refuse it)."""
     value = query.get(name)
     if value is None or not value.strip():
         return None
+    if "\x00" in value:
+        raise QueryError(f"{name} holds a NUL character")
     return value.strip()
+
+
+#: Longest numeric text taken as a time (epoch nanoseconds have 19 digits); ``int()``
+#: refuses more than 4,300 digits with ValueError.
+_MAX_NUMBER_CHARS = 40
 
 
 def _time(query: Mapping[str, str], name: str) -> int | None:
     text = _text(query, name)
     if text is None:
         return None
-    ts = parse_time(text)
+    try:
+        ts = None if len(text) > _MAX_NUMBER_CHARS and text.lstrip("+-").replace(
+            ".", "", 1).isdigit() else parse_time(text)
+    except (ValueError, OverflowError):
+        ts = None
     if ts is None:
         raise QueryError(f"{name}={text!r} is not a time: use ISO 8601 "
                          "(2026-11-22T10:00:00Z) or epoch seconds/ms/us/ns")
@@ -138,6 +150,8 @@ def _limit(query: Mapping[str, str], max_limit: int) -> int:
     if text is None:
         return min(DEFAULT_LIMIT, max_limit)
     try:
+        if len(text) > 20:
+            raise ValueError(text)
         limit = int(text)
     except ValueError:
         raise QueryError(f"limit={text!r} is not an integer") from None
