@@ -20,7 +20,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from app.main import app, settings
+from app.main import app, settings, shutdown
 from app.reread import Positions
 from app.topics import KAFKA, aggregates, anomalies, by_sensor
 from app.transport import records_of
@@ -99,17 +99,33 @@ class SinkService(faust.Service):
                 paused = set()
 
     async def on_stop(self) -> None:
+        """Write what the deliveries hold within the drain's budget (the stop's deadline,
+        app.shutdown), then stop them and the sinks in what remains; rows not written
+        were never acknowledged, so they are delivered again after the restart."""
         for delivery in DELIVERIES.values():
             try:
-                await asyncio.wait_for(delivery.stop(flush=started.is_set()), 10)
+                await asyncio.wait_for(delivery.stop(flush=started.is_set()),
+                                       shutdown.drain_budget())
             except (TimeoutError, Exception) as exc:
                 log.warning("pending sink rows not written at shutdown (they are "
-                            "delivered again): %s", exc)
+                            "delivered again): %s", f"{type(exc).__name__}: {exc}"[:300])
+                await _stop_retrying()
         for sink in SINKS:
             try:
-                await sink.stop()
-            except Exception as exc:
-                log.warning("sink %s did not stop cleanly: %s", sink.name, exc)
+                await asyncio.wait_for(sink.stop(), max(0.5, shutdown.remaining() - 1.0))
+            except (TimeoutError, Exception) as exc:
+                log.warning("sink %s did not stop cleanly: %s", sink.name,
+                            f"{type(exc).__name__}: {exc}"[:300])
+
+
+async def _stop_retrying() -> None:
+    """Stop every delivery now, without writing what it holds: its retries end, and the
+    messages it holds stay unacknowledged (app.shutdown gives them up)."""
+    for delivery in DELIVERIES.values():
+        await delivery.stop(flush=False)
+
+
+shutdown.on_give_up(_stop_retrying)
 
 
 _positions = {name: Positions(KAFKA, settings.app_id, settings.offset_reset)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -14,6 +17,7 @@ from app import settings as _settings
 from app.contract import MAX_RECORD_BYTES
 from app.kafka import faust_credentials
 from app.logs import JsonFormatter, logging_config
+from app.shutdown import Shutdown, drop_unacked
 from app.transport import faust_broker_url
 from web import guard
 
@@ -45,7 +49,8 @@ def rebuild_tables_from_changelogs(tabledir: Path) -> None:
 
 
 class Worker(faust.Worker):
-    """The ``worker`` command's worker: only it drops the local tables.
+    """The ``worker`` command's worker: only it drops the local tables, and its stop on
+    SIGTERM or SIGINT is bounded (``app.shutdown``: the clock starts at the signal).
 
     Faust sends ``on_worker_init`` for every ``faust -A app`` command (``load``,
     ``replay``, ...), which may run beside a worker sharing its ``DATA_DIR``.
@@ -55,6 +60,37 @@ class Worker(faust.Worker):
         rebuild_tables_from_changelogs(self.app.conf.tabledir)
         await super().on_first_start()
 
+    def _schedule_shutdown(self, sig: signal.Signals) -> None:
+        shutdown.begin(f"signal {sig.name}")
+        super()._schedule_shutdown(sig)
+
+
+class App(faust.App):
+    """Faust's App whose stop cannot wait forever for messages the agents hold."""
+
+    async def on_stop(self) -> None:
+        shutdown.begin("stop")
+        await super().on_stop()
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        """Faust waits here, at a rebalance and at the stop, until every message an agent
+        was given is acknowledged. At the stop the wait ends with the drain's budget:
+        the sinks stop retrying and the messages still held are dropped unacknowledged,
+        so they are not committed and the next worker reads them again."""
+        if not shutdown.started:
+            await super()._consumer_wait_empty(consumer, logger)
+            return
+        waiting = asyncio.ensure_future(super()._consumer_wait_empty(consumer, logger))
+        done, _ = await asyncio.wait({waiting}, timeout=shutdown.drain_budget())
+        if not done:
+            await shutdown.give_up()
+            dropped = drop_unacked(consumer)
+            logging.getLogger(__name__).warning(
+                "shutdown: messages not stored within the drain's time are not committed; "
+                "they are read again after the restart",
+                extra={"messages": dropped, "shutdown_timeout_s": shutdown.timeout})
+        await waiting
+
 
 complete_flush.install()
 
@@ -62,6 +98,8 @@ try:
     settings = _settings.load()
 except _settings.SettingError as error:
     stop_startup(error)
+
+shutdown = Shutdown(settings.shutdown_timeout)
 
 
 def discovered() -> list[str]:
@@ -73,7 +111,7 @@ def discovered() -> list[str]:
         stop_startup(error)
 
 
-app = faust.App(
+app = App(
     settings.app_id,
     broker=faust_broker_url(settings.broker),
     broker_credentials=faust_credentials(settings),

@@ -627,6 +627,11 @@ SPECS: tuple[Spec, ...] = (
          "Consecutive failures that open a sink's circuit breaker."),
     Spec("SINK_BREAKER_COOLDOWN", "10s", _positive_duration,
          "How long an open circuit breaker waits before one trial write."),
+    Spec("SHUTDOWN_TIMEOUT", "30s", _positive_duration,
+         "Longest a worker takes to stop after SIGTERM or SIGINT, even while a sink "
+         "retries: pending rows are written in what remains of it, what was not stored is "
+         "not committed (it is read again after the restart), and past it the process "
+         "exits with status 70."),
     Spec("PG_SCHEMA", "sensorstream", _identifier,
          "PostgreSQL schema of the sink's tables (created, and migrated, at start-up)."),
     Spec("PG_RAW_RETENTION", "30d", parse_duration,
