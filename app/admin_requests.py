@@ -54,7 +54,7 @@ def seal_target(body: dict[str, Any]) -> tuple[str, int]:
     """(dataset, period start in us) of a seal: ``hour`` for raw readings, ``day`` for
     aggregates or anomalies (``dataset``), any time inside the period."""
     dataset = body.get("dataset", "readings")
-    if dataset not in DATASETS:
+    if not isinstance(dataset, str) or dataset not in DATASETS:  # a list is unhashable
         raise BadBody(f"dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
     field = "hour" if DATASETS[dataset].lake_root == "raw" else "day"
     other = "day" if field == "hour" else "hour"
@@ -63,8 +63,11 @@ def seal_target(body: dict[str, Any]) -> tuple[str, int]:
                       f"e.g. {SEAL_EXAMPLE}")
     if field not in body:
         raise BadBody(f"expected {SEAL_EXAMPLE}")
-    ts = parse_time(body[field])
+    try:
+        ts = parse_time(body[field])
+    except (ValueError, OverflowError):  # a number of absurd length, say
+        ts = None
     if ts is None:
-        raise BadBody(f"{field}={body[field]!r} is not a time: use ISO 8601 "
+        raise BadBody(f"{field}={repr(body[field])[:100]} is not a time: use ISO 8601 "
                       "(2026-11-22T10:00Z) or epoch seconds/ms/us/ns")
     return dataset, period_start(ts, DATASETS[dataset].period_us)

@@ -266,29 +266,41 @@ def _quoted(text: str) -> str:
     return quote(text.encode("utf-8", "surrogatepass"), safe="")
 
 
-_VALUE = st.one_of(_NASTY, st.text(max_size=40).map(_quoted),
+_VALUE = st.one_of(_NASTY, st.text(max_size=40).map(_quoted), st.sampled_from(SENSORS),
                    st.builds(lambda a, b: a + b, _NASTY, _NASTY))
 _PARAM_NAME = st.one_of(st.sampled_from(KNOWN_PARAMS), st.text(max_size=12).map(_quoted))
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
-    | st.sampled_from(["readings", "info", "2026-11-22", "2026-11-22T10:00Z"]),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(["level", "logger", "topic", "at", "hour", "day",
-                                       "dataset", "sink", "name", "x"]) | st.text(max_size=8),
-                      inner, max_size=4),
-    max_leaves=12)
-#: Bodies: JSON as the stdlib writes it (big integers, NaN, escaped lone surrogates, which
-#: orjson would refuse to write), raw bytes, and a few chosen poisons.
-_BODY = st.one_of(
-    _JSON.map(lambda v: json.dumps(v).encode()),
-    st.binary(max_size=40),
-    st.sampled_from([b'{"level": "info", "logger": "a\\u0000b"}',
-                     b'{"level": "info", "logger": "\\ud800"}',
-                     b'{"topic": "\\ud800"}', b'{"at": 1e308, "topic": "x"}',
-                     b'{"hour": "' + b"9" * 5000 + b'"}', b'{"day": 1e400}',
-                     b'{"dataset": "aggregates", "day": "9999-12-31"}',
-                     b'{"hour": "0001-01-01T00:00Z"}', b"[" * 300 + b"]" * 300]))
-_TOKEN = st.one_of(st.none(), st.just(OPS), st.text(max_size=30),
+def _json(topic: str) -> st.SearchStrategy[Any]:
+    """JSON values with the admin bodies' keys, and among the values the worker's input
+    topic, so a body can pass the first checks and reach the next ones."""
+    return st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
+        | st.sampled_from([topic, "readings", "aggregates", "info", "2026-11-22",
+                           "2026-11-22T10:00Z", 1e308, -1.0, 0]),
+        lambda inner: st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(["level", "logger", "topic", "at", "hour", "day",
+                                           "dataset", "sink", "name", "x"])
+                          | st.text(max_size=8), inner, max_size=4),
+        max_leaves=12)
+
+
+def _body(topic: str) -> st.SearchStrategy[bytes]:
+    """JSON as the stdlib writes it (big integers, NaN, escaped lone surrogates, which
+    orjson would refuse to write), raw bytes, and a few chosen poisons."""
+    return st.one_of(
+        _json(topic).map(lambda v: json.dumps(v).encode()),
+        st.binary(max_size=40),
+        st.sampled_from([b'{"level": "info", "logger": "a\\u0000b"}',
+                         b'{"level": "info", "logger": "\\ud800"}',
+                         b'{"topic": "\\ud800"}', b'{"hour": "' + b"9" * 5000 + b'"}',
+                         b'{"at": 1e308, "topic": "' + topic.encode() + b'"}',
+                         b'{"day": 1e400}', b'{"dataset": "aggregates", "day": "9999-12-31"}',
+                         b'{"dataset": ["readings"], "hour": 1}',
+                         b'{"hour": "0001-01-01T00:00Z"}', b"[" * 300 + b"]" * 300]))
+
+
+#: Mostly the right token (the views behind it are the ones to fuzz), sometimes none or
+#: any text or bytes.
+_TOKEN = st.one_of(st.just(OPS), st.just(OPS), st.none(), st.text(max_size=30),
                    st.binary(max_size=30))
 
 
@@ -330,6 +342,7 @@ async def test_fuzz_every_route_no_5xx_no_traceback(worker):
     assert gets and posts
     seen: dict[int, int] = {}
     failures: list[str] = []
+    bodies = _body(worker.env["SENSORSTREAM_INPUT_TOPICS"])
 
     @settings(max_examples=1200, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
@@ -342,7 +355,7 @@ async def test_fuzz_every_route_no_5xx_no_traceback(worker):
         if params:
             target += "?" + "&".join(f"{k}={v}" for k, v in params)
         token = data.draw(_TOKEN)
-        body = data.draw(_BODY) if post else None
+        body = data.draw(bodies) if post else None
         status, content = raw_request(worker.port, target, "POST" if post else "GET",
                                       _auth(token), body)
         seen[status] = seen.get(status, 0) + 1
