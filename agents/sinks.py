@@ -20,12 +20,21 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from app.contract import Source, dead_letter
+from app.logs import Throttle
 from app.main import app, settings, shutdown
 from app.reread import Positions
-from app.topics import KAFKA, aggregates, anomalies, by_sensor
+from app.topics import KAFKA, aggregates, anomalies, by_sensor, dead_letters
 from app.transport import records_of
 from sinks.active import DELIVERIES, SINKS, SOURCES, degraded, start_errors, started
-from sinks.base import PAUSED, PAUSED_SECONDS, Backoff
+from sinks.base import (
+    DEAD_LETTERED,
+    PAUSED,
+    PAUSED_SECONDS,
+    SINK_UNREADABLE,
+    Backoff,
+    readable_rows,
+)
 from sinks.records import (
     AGGREGATES,
     ANOMALIES,
@@ -142,6 +151,35 @@ async def _on_assigned(_app: object, *_args: object, **_kwargs: object) -> None:
             asyncio.get_running_loop().create_task(adopt())
 
 
+async def _rows(dataset: Dataset, rows_of: Callable[[bytes, int, int], Iterable[tuple]],
+                source: Source, key: bytes | None, value: bytes) -> list[tuple]:
+    """The rows of one message; what no rows can be made of (another producer's record)
+    goes to the dead-letter topic, confirmed before the message can be acknowledged,
+    instead of crashing the agent (issue 18)."""
+    rows, rejected = readable_rows(dataset, rows_of, value, source.partition, source.offset)
+    if rejected:
+        sent = []
+        for rejection in rejected:
+            record, headers = dead_letter(rejection, value, source)
+            headers.append(("sensorstream-dataset", dataset.name.encode()))
+            sent.append(await dead_letters.send(key=key, value=record, headers=headers))
+        await app.producer.flush()
+        for confirmation in sent:
+            await confirmation
+        DEAD_LETTERED.labels("all", dataset.name).inc(len(rejected))
+        held = _unreadable_lines.allow(dataset.name)
+        log.log(logging.DEBUG if held is None else logging.WARNING,
+                "dead-lettered: %s", rejected[0].message, extra={
+                    "topic": source.topic, "partition": source.partition,
+                    "offset": source.offset, "reason": SINK_UNREADABLE,
+                    "dataset": dataset.name, "similar_since_last_line": held})
+    return rows
+
+
+#: One log line per dataset every 10 s shows an example unreadable message.
+_unreadable_lines = Throttle(10.0)
+
+
 async def _consume(stream: Any, dataset: Dataset,
                    rows_of: Callable[[bytes, int, int], Iterable[tuple]]) -> None:
     """Feed one topic's messages to its delivery; ack each once the sinks have it."""
@@ -152,13 +190,17 @@ async def _consume(stream: Any, dataset: Dataset,
         message = event.message
         topic, partition = message.topic, message.partition
         records = records_of(message)
-        async for _t, _p, offset, _k, value, _ts in positions.skipped(
+        async for _t, _p, offset, key, value, ts in positions.skipped(
                 {(topic, partition): records[0].offset}):
             log.warning("the consumer skipped a message: read it back", extra={
                 "topic": topic, "partition": partition, "offset": offset})
-            await delivery.add(partition, list(rows_of(value, partition, offset)), None,
-                               topic, (offset, offset))
-        rows = [row for r in records for row in rows_of(r.value, partition, r.offset)]
+            rows = await _rows(dataset, rows_of, Source(topic, partition, offset, ts), key,
+                               value)
+            await delivery.add(partition, rows, None, topic, (offset, offset))
+        rows = []
+        for r in records:
+            rows += await _rows(dataset, rows_of, Source(topic, partition, r.offset,
+                                                         r.timestamp_ms), r.key, r.value)
         await delivery.add(partition, rows, event.ack, topic,
                            (records[0].offset, records[-1].offset))
         positions.advance(topic, partition, records[-1].offset)

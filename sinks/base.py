@@ -34,11 +34,11 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from app.contract import Rejection, dead_letter
+from app.contract import Handover, Rejection, dead_letter, decode_batch
 from app.contract import Source as Lineage
 from app.logs import Throttle
 from app.metrics import BulkHistogram
-from sinks.records import READINGS, Dataset
+from sinks.records import READINGS, Dataset, reading_rows
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,13 @@ class ContentError(Exception):
 
 #: The reason code of a row a sink refused, in the dead-letter record and its headers.
 SINK_REFUSED = "sink_refused"
+#: The reason code of a message of the sink stage's topics no rows can be made of.
+SINK_UNREADABLE = "sink_unreadable"
 #: Longest store error kept in a dead-letter record and a log line.
 ERROR_CHARS = 500
+#: What making rows of a message raises when the message is not what the stage reads
+#: (not JSON, a field missing or of the wrong type, a value no encoder carries).
+UNREADABLE = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
 
 
 @dataclass(frozen=True)
@@ -379,6 +384,37 @@ def refusal_record(refusal: Refusal) -> tuple[bytes | None, bytes, list[tuple[st
                 ("sensorstream-dataset", dataset.name.encode())]
     key = None if sensor_id is None else sensor_id.encode("utf-8")
     return key, json.dumps(record).encode("utf-8"), headers
+
+
+def readable_rows(dataset: Dataset, rows_of: Callable[[bytes, int, int], Any], value: bytes,
+                  partition: int, offset: int) -> tuple[list[tuple], list[Rejection]]:
+    """The rows of one message of the sink stage's topics, and what could not be made
+    rows: the whole message, or, in a hand-over that decodes, each reading alone (its
+    ``index``), so the other readings are stored."""
+    try:
+        return list(rows_of(value, partition, offset)), []
+    except UNREADABLE as exc:
+        whole = Rejection(SINK_UNREADABLE,  # type: ignore[arg-type]
+                          f"no {dataset.name} rows can be made of this message: "
+                          f"{error_text(exc)}")
+        if dataset is not READINGS:
+            return [], [whole]
+    try:
+        handover = decode_batch(value)
+    except UNREADABLE:
+        return [], [whole]
+    rows: list[tuple] = []
+    rejected: list[Rejection] = []
+    for index, item in enumerate(handover.rows):
+        try:
+            rows += reading_rows(Handover([item], {}, {}))
+        except UNREADABLE as exc:
+            sensor_id = getattr(item[0], "sensor_id", None)
+            rejected.append(Rejection(
+                SINK_UNREADABLE, f"no readings rows can be made of reading {index} of "  # type: ignore[arg-type]
+                f"this hand-over: {error_text(exc)}", index=index,
+                sensor_id=None if sensor_id is None else clean_text(sensor_id, 300)))
+    return rows, rejected
 
 
 def event_times(batch: Batch) -> list[int | None]:

@@ -113,25 +113,28 @@ async def test_rows_a_store_refuses_are_dead_lettered_and_the_rest_stored_withou
     # encode it, Arrow's int64 neither); anomalies: one without a sensor between good
     # ones (PostgreSQL's NOT NULL refuses it, and the lake's non-nullable column).
     agg_sensors = on_partition("poison-a", 3, partitions)
+    # (c) and a message no rows can be made of on each: not JSON, a field missing.
     await produce_to(bootstrap, env["SENSORSTREAM_AGGREGATES_TOPIC"], [
         (agg_sensors[0].encode(), window(agg_sensors[0], now, 10)),
         (agg_sensors[1].encode(), window(agg_sensors[1], now, 2**63)),
+        (None, b"not json"),
         (agg_sensors[2].encode(), window(agg_sensors[2], now, 12))])
     anomaly_sensors = on_partition("poison-n", 2, partitions)
     await produce_to(bootstrap, env["SENSORSTREAM_ANOMALIES_TOPIC"], [
         (anomaly_sensors[0].encode(), anomaly(anomaly_sensors[0], now)),
         (None, anomaly(None, now + 1_000_000)),
+        (b"x", b'{"ts": 1700000000, "sensor_id": "poison-n-x"}'),
         (anomaly_sensors[1].encode(), anomaly(anomaly_sensors[1], now + 2_000_000))])
 
     expected_refusals = {("postgres", "readings"), ("postgres", "aggregates"),
                          ("lake", "aggregates"), ("postgres", "anomalies"),
-                         ("lake", "anomalies")}
+                         ("lake", "anomalies"), ("all", "aggregates"), ("all", "anomalies")}
 
     def refused_counts() -> dict[tuple[str, str], float]:
         samples = worker.metrics()
         return {(sink, dataset): counter(samples, "sensorstream_sink_rows_dead_lettered_total",
                                          sink=sink, dataset=dataset)
-                for sink in ("postgres", "lake")
+                for sink in ("postgres", "lake", "all")
                 for dataset in ("readings", "aggregates", "anomalies")}
     await eventually(lambda: {k for k, v in refused_counts().items() if v} >=
                      expected_refusals, "every poison row refused", 90, interval=0.5)
@@ -145,8 +148,13 @@ async def test_rows_a_store_refuses_are_dead_lettered_and_the_rest_stored_withou
     # The dead letters: each poison row once per sink that refused it, with its error.
     dead = [orjson.loads(r.value) for r in await read_all(
         bootstrap, env["SENSORSTREAM_DLQ_TOPIC"], deadline=30)]
+    unreadable = sorted((d["source"]["offset"], d["original"]) for d in dead
+                        if d["reason"] == "sink_unreadable")
+    assert unreadable == [(2, "not json"),
+                          (2, '{"ts": 1700000000, "sensor_id": "poison-n-x"}')], unreadable
     dead = [d for d in dead if d["reason"] == "sink_refused"]
-    assert sorted((d["sink"], d["dataset"]) for d in dead) == sorted(expected_refusals), dead
+    assert sorted((d["sink"], d["dataset"]) for d in dead) == sorted(
+        k for k in expected_refusals if k[0] != "all"), dead
     by = {(d["sink"], d["dataset"]): d for d in dead}
     nul = by[("postgres", "readings")]
     assert nul["error"].startswith("UntranslatableCharacterError: "), nul["error"]

@@ -442,3 +442,28 @@ def test_a_refused_rows_dead_letter_record_always_serialises_with_its_lineage():
                                 "timestamp_ms": None}
     assert len(record["error"]) == 500
     assert '"count": 18446744073709551616' in record["original"]
+
+
+def test_messages_no_rows_can_be_made_of_are_rejected_not_raised():
+    import orjson
+
+    from sinks.base import readable_rows
+    from sinks.records import ROWS_OF
+
+    for dataset, value in [(AGGREGATES, b"not json"), (AGGREGATES, b'{"window": "1m"}'),
+                           (ANOMALIES, b'{"ts": 1700000000, "sensor_id": "s1"}'),
+                           (ANOMALIES, b"[1, 2]")]:
+        rows, rejected = readable_rows(dataset, ROWS_OF[dataset.name], value, 2, 9)
+        assert rows == [] and len(rejected) == 1, value
+        assert rejected[0].reason == "sink_unreadable" and rejected[0].index is None
+        assert f"no {dataset.name} rows can be made of this message" in rejected[0].message
+
+    # A hand-over that decodes, with one reading whose attribute nests 300 arrays deep:
+    # no JSON encoder writes it back (orjson stops at 254).
+    deep = b"[" * 300 + b"]" * 300
+    value = orjson.dumps({"rows": [[f"s{i}", T0, {"t": 1.0}, {"x": i}, "in", 0, i, 0]
+                                   for i in range(3)], "wm": {}})
+    value = value.replace(b'{"x":1}', b'{"x":' + deep + b"}")
+    rows, rejected = readable_rows(READINGS, ROWS_OF[READINGS.name], value, 0, 5)
+    assert [row[1] for row in rows] == ["s0", "s2"]  # the other readings are kept
+    assert [(r.index, r.sensor_id) for r in rejected] == [(1, "s1")]
