@@ -96,6 +96,11 @@ async def _stop_stage(events: Sequence[EventT], exc: Exception) -> NoReturn:
     alive with the stage stuck would hold the partitions in a worker that does nothing.
     """
     where = dict(_at)
+    if not where:  # before any message was classified: the batch's offsets
+        where["batch"] = ", ".join(
+            f"{e.message.topic}:{e.message.partition}@"
+            f"{getattr(e.message, 'first', e.message.offset)}-{e.message.offset}"
+            for e in events)[:1000]
     log.critical("the ingest stage stopped on an unexpected error (not about the data): "
                  "the worker stops without committing the batch; it is read again after "
                  "the restart", exc_info=exc, extra={"stage": STAGE, **where})

@@ -17,17 +17,8 @@ from typing import Any
 import orjson
 
 from app import metrics
-from app.contract import (
-    Handover,
-    Reason,
-    Rejection,
-    Source,
-    dead_letter,
-    decode_batch,
-    format_ts,
-    now_us,
-    parse_time,
-)
+from app.contract import Handover, Rejection, Source, dead_letter, format_ts, now_us, parse_time
+from app.handover import BadHandover, decode_checked
 from app.locations import location_of
 from app.main import app, settings
 from app.reread import read_range
@@ -155,19 +146,13 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
 async def _decoded(partition: int, value: bytes | None, offset: int) -> Handover:
     """The hand-over at ``offset``; one that cannot be decoded (a record another producer
     wrote to the topic) is dead-lettered with its bytes and applied as an empty one, so
-    that its offset counts as applied and the stage goes on. It is counted in and
-    dead-lettered under the hand-over topic's name: it holds no input reading."""
+    that its offset counts as applied and the stage goes on (the readings sink skips
+    it). It is counted in and dead-lettered under the hand-over topic's name: it holds
+    no input reading."""
     try:
-        handover = decode_batch(value)
-        problem = _malformed(handover)
-    except orjson.JSONDecodeError as exc:
-        reason, problem = Reason.NOT_JSON, f"not JSON: {exc}"
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        reason, problem = Reason.BAD_SHAPE, f"{type(exc).__name__}: {exc}"
-    else:
-        if problem is None:
-            return handover
-        reason = Reason.BAD_SHAPE
+        return decode_checked(value)
+    except BadHandover as exc:
+        reason, problem = exc.reason, str(exc)
     topic = by_sensor.get_topic_name()
     text = f"a hand-over the per-sensor stage cannot read: {problem}"[:1000]
     record, headers = dead_letter(Rejection(reason, text), value, Source(topic, partition, offset))
@@ -177,25 +162,6 @@ async def _decoded(partition: int, value: bytes | None, offset: int) -> Handover
     log.error("dead-lettered an unreadable hand-over: %s", text, extra={
         "topic": topic, "partition": partition, "offset": offset, "reason": str(reason)})
     return Handover([], {}, {})
-
-
-def _malformed(handover: Handover) -> str | None:
-    """What makes a decoded hand-over unusable (types the ingest stage never writes)."""
-    for reading, source, at in handover.rows:
-        if not (isinstance(reading.sensor_id, str) and type(reading.ts) is int
-                and isinstance(reading.metrics, dict) and isinstance(reading.attributes, dict)
-                and isinstance(source.topic, str) and type(source.partition) is int
-                and type(source.offset) is int and type(at) is int):
-            return f"a row of sensor {str(reading.sensor_id)[:100]!r} has the wrong types"
-        for metric, number in reading.metrics.items():
-            if not (number is None or type(number) is float) or not isinstance(metric, str):
-                return (f"metric {str(metric)[:100]!r} of sensor {reading.sensor_id[:100]!r} "
-                        "is not a number")
-    if not (isinstance(handover.watermarks, dict) and isinstance(handover.dead_letters, dict)
-            and all(type(v) is int for v in handover.watermarks.values())
-            and all(type(v) is int for v in handover.dead_letters.values())):
-        return "watermarks or dead-letter counts of the wrong types"
-    return None
 
 
 def _check_silence(batch: Batch, judgement: Judgement, partition: int) -> None:

@@ -11,6 +11,7 @@ the poison counted, and no agent crashed or restarted.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import itertools
@@ -25,11 +26,12 @@ import pyarrow.parquet as pq
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
 
 from app.contract import MAX_RECORD_BYTES, Contract
 from app.settings import load
 
-from .harness import Worker, accounting, counter, eventually
+from .harness import Worker, accounting, commits_and_ends, counter, eventually
 from .test_pipeline import reference
 from .test_sinks import lake_store
 
@@ -119,16 +121,20 @@ async def env(stack_env) -> dict[str, str]:
         "SENSORSTREAM_SINK_BATCH_WINDOW": "300ms",
         "SENSORSTREAM_LAKE_SEAL_IDLE": "3s",
     }
-    bootstrap = env["SENSORSTREAM_BROKER"].split("://", 1)[1]
+    await create_big_topic(env["SENSORSTREAM_BROKER"].split("://", 1)[1],
+                           env["SENSORSTREAM_INPUT_TOPICS"])
+    return env
+
+
+async def create_big_topic(bootstrap: str, topic: str) -> None:
+    """The input topic, before a worker sees it: room for 5 MB messages."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    try:  # the input topic, before the worker sees it: room for 5 MB messages
-        await admin.create_topics([NewTopic(env["SENSORSTREAM_INPUT_TOPICS"], 4, 1,
-                                            topic_configs={"retention.ms": "604800000",
-                                                           "max.message.bytes": str(BIG)})])
+    try:
+        await admin.create_topics([NewTopic(topic, 4, 1, topic_configs={
+            "retention.ms": "604800000", "max.message.bytes": str(BIG)})])
     finally:
         await admin.close()
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +322,163 @@ def test_no_crash_after_every_case(worker):
     assert worker.process.poll() is None
     log = worker.log.read_text(errors="replace")
     assert "Traceback" not in log, worker.log_tail()
+
+
+async def test_an_unreadable_hand_over_is_dead_lettered_by_the_per_sensor_stage(env, worker):
+    """A record another producer wrote to the hand-over topic: dead-lettered with its
+    bytes (``not_json``, ``bad_shape``); the readings handed over after it are stored."""
+    bootstrap = env["SENSORSTREAM_BROKER"].split("://", 1)[1]
+    handovers = f"{env['SENSORSTREAM_APP_ID']}-readings-by-sensor"
+    sensor = f"after-foreign-{next(_serial)}"
+    partition = (murmur2(sensor.encode()) & 0x7FFFFFFF) % int(env["SENSORSTREAM_PARTITIONS"])
+    foreign = [b"\x00 not a hand-over", orjson.dumps({"rows": [["s", "not a time", {}]]}),
+               orjson.dumps({"rows": [["s", 1, {"t": "warm"}, {}, "in", 0, 0, 0]], "wm": {}})]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        placed = [await producer.send_and_wait(handovers, value, partition=partition)
+                  for value in foreign]
+    finally:
+        await producer.stop()
+    before = accounting(worker.metrics(), env["SENSORSTREAM_INPUT_TOPICS"])
+    start = time.time() - 60
+    good = [(sensor.encode(), orjson.dumps({"sensor_id": sensor, "ts": start + i,
+                                            "temperature": 20 + i})) for i in range(GOOD)]
+    await produce_big(bootstrap, env["SENSORSTREAM_INPUT_TOPICS"], good)
+    want = expected_rows(env, good)
+
+    async def stored() -> bool:
+        return await pg_rows(env, sensor) == want
+    await eventually(stored, "the readings after the foreign records in PostgreSQL", DEADLINE)
+    reasons = []
+    for meta, value in zip(placed, foreign, strict=True):
+        dead = await dead_letters_of(bootstrap, env["SENSORSTREAM_DLQ_TOPIC"],
+                                     (meta.partition, meta.offset), 1, DEADLINE)
+        dead = [r for r in dead
+                if dict(r.headers)["sensorstream-source-topic"].decode() == handovers]
+        assert len(dead) == 1, dead
+        body = orjson.loads(dead[0].value)
+        original = (base64.b64decode(body["original"])
+                    if body["original_encoding"] == "base64" else body["original"].encode())
+        assert original == value and body["message"]
+        reasons.append(body["reason"])
+    assert reasons == ["not_json", "bad_shape", "bad_shape"]
+    samples = worker.metrics()
+    assert accounting(samples, handovers)["in"] == accounting(
+        samples, handovers)["dead_lettered"] == len(foreign)
+    delta = accounting(samples, env["SENSORSTREAM_INPUT_TOPICS"])
+    assert delta["accepted"] - before["accepted"] == len(want)
+    assert counter(samples, "sensorstream_stage_failures_total") == 0
+    log = worker.log.read_text(errors="replace")
+    assert not [w for w in CRASH_WORDS if w in log], worker.log_tail()
+
+
+#: A plugin that makes the ingest stage meet what no correct contract lets through: a
+#: contract that accepts unencodable readings (as before issue 18) and a bug.
+INJECTOR = '''\
+"""Test plugin: readings the contract should have rejected, and an injected bug."""
+
+import json
+
+import agents.ingest as ingest
+from app.contract import Parsed, Reading, parse_time
+
+
+class Careless(type(ingest.contract)):
+    def parse(self, value, now=None):
+        if value and b"INJECTED-BUG" in value and b"bug" in value:
+            raise RuntimeError("an injected bug")
+        if value and b"UNCHECKED" in value:
+            doc = json.loads(value)
+            return Parsed([Reading(doc["sensor_id"], parse_time(doc["ts"]),
+                                   {"temperature": 21.0, "humidity": 40.0},
+                                   {"note": doc["note"]})], [])
+        return super().parse(value, now)
+
+
+old = ingest.contract
+ingest.contract = Careless(old.limits, old.max_future_us, old.attribute_fields)
+'''
+
+
+async def test_the_stage_dead_letters_what_the_contract_let_through_and_stops_on_a_bug(
+        make_worker, app_env, bootstrap, tmp_path):
+    """The ingest stage's own safety net, behind the contract: readings whose hand-over
+    cannot be encoded or is too large are dead-lettered (each of their rows), the rest of
+    the batch goes on. Then a bug (an exception not about the data) stops the worker,
+    logged with the message's position, without committing past it: a worker without
+    the bug stores that message and the ones after it."""
+    from tests.unit.test_plugins import distribution
+
+    env = {**app_env, "SENSORSTREAM_SINKS": "postgres", "SENSORSTREAM_SINK_BATCH_WINDOW": "300ms"}
+    topic = env["SENSORSTREAM_INPUT_TOPICS"]
+    await create_big_topic(bootstrap, topic)
+    site = distribution(tmp_path / "site", "poison-injector", {"injector": "poison_injector"},
+                        {"poison_injector.py": INJECTOR})
+    careless = make_worker(PYTHONPATH=str(site), SENSORSTREAM_SINKS="postgres",
+                           SENSORSTREAM_SINK_BATCH_WINDOW="300ms").start()
+    await careless.ready()
+    sensor, start = "careless", time.time() - 60
+    key = sensor.encode()
+
+    def unchecked(i: int, note: str) -> bytes:  # note: JSON text
+        return (f'{{"sensor_id":"{sensor}","ts":{start - 10 - i},"UNCHECKED":1,'
+                f'"note":{note}}}').encode()
+    poison = {"invalid_text": unchecked(0, '"\\ud800"'),
+              "too_deep": unchecked(1, "[" * 300 + "]" * 300),
+              "invalid_number": unchecked(2, "1" + "0" * 30),
+              "too_large": unchecked(3, '"' + "a" * (5 * 1024 * 1024) + '"')}
+    good = [(key, orjson.dumps({"sensor_id": sensor, "ts": start + i, "temperature": 20 + i}))
+            for i in range(GOOD)]
+    msgs = [(key, value) for value in poison.values()] + good
+    sent = await produce_big(bootstrap, topic, msgs)
+    want = expected_rows(env, good)
+
+    async def stored() -> bool:
+        return await pg_rows(env, sensor) == want
+    await eventually(stored, "the good readings in PostgreSQL", DEADLINE)
+    for (reason, value), where in zip(poison.items(), sent[:len(poison)], strict=True):
+        dead = await dead_letters_of(bootstrap, env["SENSORSTREAM_DLQ_TOPIC"], where, 2,
+                                     DEADLINE)
+        bodies = [orjson.loads(r.value) for r in dead]
+        assert sorted((b["reason"], b["metric"]) for b in bodies) == [
+            (reason, "humidity"), (reason, "temperature")], bodies
+        assert all(b["sensor_id"] == sensor and b["message"] for b in bodies)
+        if reason != "too_large":
+            assert {b["original"].encode() for b in bodies} == {value}
+
+    def balanced():
+        counts = accounting(careless.metrics(), topic)
+        return counts if counts["in"] == 2 * len(poison) + len(want) == (
+            counts["accepted"] + counts["dead_lettered"]) else None
+    counts = await eventually(balanced, "the accounting with the poison counted", 10)
+    assert counts["dead_lettered"] == 2 * len(poison)
+    assert not [w for w in CRASH_WORDS if w in careless.log.read_text(errors="replace")]
+
+    # A bug: the worker stops, saying where, and commits nothing past the message.
+    bug = orjson.dumps({"sensor_id": sensor, "ts": start + 100, "temperature": 1.5,
+                        "tag": "INJECTED-BUG", "kind": "bug"})
+    after = [(key, orjson.dumps({"sensor_id": sensor, "ts": start + 101 + i,
+                                 "temperature": 2.5})) for i in range(5)]
+    (partition, offset), *_ = await produce_big(bootstrap, topic, [(key, bug), *after])
+    code = await asyncio.to_thread(careless.process.wait, 60)
+    assert code != 0
+    lines = [orjson.loads(line) for line in careless.log.read_text(errors="replace").splitlines()
+             if line.startswith("{") and "ingest stage stopped" in line]
+    assert lines, careless.log_tail()
+    assert lines[0]["level"] == "critical" and "an injected bug" in str(lines[0])
+    assert (lines[0]["topic"], lines[0]["partition"], lines[0]["offset"]) == (
+        topic, partition, offset)
+    committed, _end = (await commits_and_ends(bootstrap, env["SENSORSTREAM_APP_ID"],
+                                              topic))[partition]
+    assert committed is not None and committed <= offset, (committed, offset)
+
+    fixed = make_worker(SENSORSTREAM_SINKS="postgres",
+                        SENSORSTREAM_SINK_BATCH_WINDOW="300ms").start()
+    await fixed.ready()
+    want |= expected_rows(env, [(key, bug), *after])
+
+    async def all_stored() -> bool:
+        return await pg_rows(env, sensor) == want
+    await eventually(all_stored, "the message of the bug and those after it stored", 60)
+    assert counter(fixed.metrics(), "sensorstream_stage_failures_total") == 0
