@@ -1,9 +1,10 @@
 """``/metrics``: the readings accounting (app.metrics), the sinks' metrics, consumer lag,
 table sizes, and Faust's own sensor metrics (``faust_*``).
 
-A scrape never does I/O and never scans a table: the lag comes from the consumer's
-memory (the high watermark of its last fetch, the offset the group last committed),
-and the table sizes from counts a background task keeps (``count_table_keys``).
+A scrape never does I/O and never scans a table: the lag comes from memory (the log
+ends a background task fetches, ``refresh_log_ends``, and the offset the group last
+committed), and the table sizes from counts a background task keeps
+(``count_table_keys``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from prometheus_client import REGISTRY
@@ -21,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app.main import app
+from app.topics import KAFKA
 
 log = logging.getLogger(__name__)
 
@@ -33,33 +36,92 @@ def _started() -> bool:
     return bool(app.started) and app.consumer is not None
 
 
+#: Seconds between two fetches of the log ends of the partitions this worker consumes.
+LOG_ENDS_EVERY_S = 2.0
+
+
+class LogEnds:
+    """The log end of each partition this worker consumes, fetched in the background.
+
+    The consumer's own high watermark is only as new as its last fetch of the partition:
+    a partition paused (by the sink watcher, an operator) or held back by a full stream
+    buffer is not fetched, so its high watermark stops while producers go on (the lag
+    showed 12 messages where 1,231 waited). A client of its own fetches every partition
+    at its listed end - 1 and takes the fetch's high watermark, which is right on every
+    broker where ``end_offsets()`` is not (Tansu, FIELD-NOTES).
+    """
+
+    def __init__(self) -> None:
+        self.ends: dict[TP, int] = {}
+        self._client: AIOKafkaConsumer | None = None
+
+    async def refresh(self, partitions: set[TP]) -> None:
+        """Fetch the log end of every partition of ``partitions`` (forgetting others)."""
+        tps = sorted(TopicPartition(tp.topic, tp.partition) for tp in partitions)
+        if not tps:
+            self.ends = {}
+            return
+        if self._client is None:
+            self._client = AIOKafkaConsumer(**KAFKA, enable_auto_commit=False,
+                                            max_partition_fetch_bytes=1024)
+            await self._client.start()
+        client = self._client
+        listed = await client.end_offsets(tps)
+        ends = {TP(tp.topic, tp.partition): end for tp, end in listed.items()}
+        nonempty = [tp for tp, end in listed.items() if end > 0]
+        client.assign(nonempty)
+        for tp in nonempty:
+            client.seek(tp, listed[tp] - 1)
+        pending = set(nonempty)
+        deadline = time.monotonic() + 5.0
+        while pending and time.monotonic() < deadline:
+            await client.getmany(*pending, timeout_ms=200, max_records=1)
+            for tp in list(pending):
+                highwater = client.highwater(tp)
+                if highwater is not None:
+                    ends[TP(tp.topic, tp.partition)] = max(highwater, listed[tp])
+                    pending.discard(tp)
+        client.pause(*nonempty)  # no fetching in the background until the next round
+        self.ends = ends
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.stop()
+
+
+log_ends = LogEnds()
+
+
 def consumer_lag() -> dict[TP, int]:
     """Per partition this worker consumes (its tables' changelogs and Faust's assignor
-    topic left out): the log end minus the group's committed offset, or minus the
-    consumer's position while nothing is committed yet.
+    topic left out), paused or not: the log end minus the group's committed offset, or
+    minus the consumer's position while nothing is committed yet.
 
-    The log end is the high watermark of the consumer's last fetch of the partition:
-    right on every broker, where ``end_offsets()`` is not (Tansu, FIELD-NOTES). A
-    partition not fetched yet has no high watermark and no lag. Read from memory only:
-    the aiokafka consumer runs in Faust's consumer thread; its state is only read here.
+    The log end is the newer of the consumer's last high watermark of the partition and
+    the one ``refresh_log_ends`` fetched last (both are fetches' high watermarks, right
+    on every broker): a paused partition's own is as old as its pause. A partition with
+    neither has no lag yet. Read from memory only: the aiokafka consumer runs in Faust's
+    consumer thread; its state is only read here.
     """
     consumer = app.consumer
     client = getattr(getattr(consumer, "_thread", None), "_consumer", None)
     if client is None:
         return {}
-    skip = app.tables.changelog_topics
     committed = consumer._committed_offset  # type: ignore[attr-defined]
     assignment = client._subscription.subscription
     states = assignment.assignment if assignment is not None else None
+    fetched = log_ends.ends
     lags: dict[TP, int] = {}
     for tp in list(client.assignment()):
-        if tp.topic in skip or tp.topic.endswith(LEADER_SUFFIX):
+        if not _consumed(tp):
             continue
         try:
-            end = client.highwater(tp)
+            own = client.highwater(tp)
         except AssertionError:  # revoked meanwhile
             continue
-        if end is None:
+        ends = [e for e in (own, fetched.get(TP(tp.topic, tp.partition))) if e is not None]
+        if not ends:
             continue
         done = committed.get(tp)  # .get: the defaultdict must not grow here
         if done is None and states is not None:
@@ -67,8 +129,33 @@ def consumer_lag() -> dict[TP, int]:
             done = state.position if state is not None and state.has_valid_position else None
         if done is None:
             continue
-        lags[TP(tp.topic, tp.partition)] = max(0, end - done)
+        lags[TP(tp.topic, tp.partition)] = max(0, max(ends) - done)
     return lags
+
+
+def _consumed(tp: Any) -> bool:
+    """Whether the lag of ``tp`` is shown: not a table's changelog, not the assignor's."""
+    return (tp.topic not in app.tables.changelog_topics
+            and not tp.topic.endswith(LEADER_SUFFIX))
+
+
+@app.task
+async def refresh_log_ends() -> None:
+    """Fetch the log ends of the partitions this worker consumes every few seconds, for
+    the lag of paused ones; a failed round is logged and the next one tries again."""
+    try:
+        while True:
+            await asyncio.sleep(LOG_ENDS_EVERY_S)
+            if not _started():
+                continue
+            try:
+                await log_ends.refresh({tp for tp in app.consumer.assignment()
+                                        if _consumed(tp)})
+            except Exception as exc:  # the broker unreachable, say: the next round
+                log.warning("log ends not fetched this round: %s", str(exc)[:300])
+                await log_ends.close()
+    finally:
+        await log_ends.close()
 
 
 class LagCollector(Collector):
@@ -77,8 +164,8 @@ class LagCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "sensorstream_consumer_lag",
-            "Messages behind the log end per partition this worker consumes: the high "
-            "watermark of the last fetch minus the group's committed offset",
+            "Messages behind the log end per partition this worker consumes, paused or "
+            "not: the log end (a fetch's high watermark) minus the group's committed offset",
             labels=["topic", "partition"])
         if _started():
             try:
