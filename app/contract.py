@@ -187,24 +187,27 @@ def format_ts(ts_us: int) -> str:
     return (_EPOCH + timedelta(microseconds=ts_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _decode(value: bytes | None) -> tuple[Any, Rejection | None]:
+def _decode(value: bytes | None) -> tuple[Any, Rejection | None, bool]:
+    """The document, or why there is none, and whether the lenient decoder read it (then
+    it may hold NaN, infinities and lone surrogates)."""
     if not value:
-        return None, Rejection(Reason.NOT_JSON, "empty message value")
+        return None, Rejection(Reason.NOT_JSON, "empty message value"), False
     try:
-        return orjson.loads(value), None
+        return orjson.loads(value), None, False
     except orjson.JSONDecodeError as fast_error:
         # Only the slow path accepts NaN/Infinity and huge numbers, so that such
         # values are rejected per metric instead of the whole message.
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return None, Rejection(Reason.NOT_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}")
+            return None, Rejection(
+                Reason.NOT_JSON, f"not UTF-8: {exc.reason} at byte {exc.start}"), False
         try:
-            return json.loads(text, parse_int=_parse_int), None
+            return json.loads(text, parse_int=_parse_int), None, True
         except (ValueError, RecursionError):
-            return None, Rejection(Reason.NOT_JSON, f"not JSON: {fast_error}")
+            return None, Rejection(Reason.NOT_JSON, f"not JSON: {fast_error}"), False
     except RecursionError:
-        return None, Rejection(Reason.NOT_JSON, "not JSON: nested too deeply")
+        return None, Rejection(Reason.NOT_JSON, "not JSON: nested too deeply"), False
 
 
 class _LongInteger(float):
@@ -280,62 +283,104 @@ def _bad_text(text: str) -> bool:
 _INT_MIN, _INT_END = -(2**63), 2**64  # what the hand-over's JSON encoder (orjson) carries
 
 
-def _attributes_problem(attributes: dict[str, Any]) -> tuple[Reason, str] | None:
+def _value_problem(value: Any) -> str | None:
+    """What a scalar attribute value cannot carry, or None (containers are walked)."""
+    if isinstance(value, str):
+        if "\x00" in value or (not value.isascii() and _bad_text(value)):
+            return "holds a NUL character or a lone surrogate, which the stores cannot keep"
+        return None
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"holds {_brief(value)}, which JSON cannot carry"
+    if isinstance(value, int):
+        return None if _INT_MIN <= value < _INT_END else (
+            "holds an integer outside 64 bits, which the hand-over cannot carry")
+    return f"holds a {type(value).__name__}, not JSON"
+
+
+def _attributes_problem(attributes: dict[str, Any], lenient: bool) -> tuple[Reason, str] | None:
     """Why the hand-over or a store could not carry these attributes, or None.
 
-    One iterative walk over every key and value at every depth; a flat object of short
-    strings costs a few checks per field. The size is bounded from below while walking
-    (so a huge attribute stops the walk early) and measured exactly only when it could
-    be near ``MAX_ATTRIBUTES_BYTES``.
+    The hot path is one ``orjson.dumps``, as the hand-over will do it: it refuses lone
+    surrogates, integers past 64 bits and nesting past 254, and gives the exact size.
+    Then two byte scans: no ``\\u0000`` escape (NUL) and few enough brackets that no
+    value can nest past ``MAX_DEPTH``. Only what those cannot clear is walked. Values
+    from the lenient decoder (``lenient``) may hold NaN, which orjson writes as null
+    without a word: those are always walked.
     """
-    chars = 0  #: a lower bound of the encoded size
-    items = 0
-    stack: list[tuple[Any, int, str]] = [(attributes, 0, "")]
-    while stack:
-        container, depth, top = stack.pop()
-        items += len(container)
-        chars += 2 * len(container)
-        pairs = container.items() if isinstance(container, dict) else enumerate(container)
-        for key, value in pairs:
-            name = key if depth == 0 else top
-            if isinstance(key, str):
-                chars += len(key)
-                if _bad_text(key):
-                    return Reason.INVALID_TEXT, (
-                        f"attribute {_brief(name)} has a key holding a NUL character or a "
-                        "lone surrogate, which the stores cannot keep")
-            if isinstance(value, str):
-                chars += len(value)
-                if chars > MAX_ATTRIBUTES_BYTES:
-                    break
-                if _bad_text(value):
-                    return Reason.INVALID_TEXT, (
-                        f"attribute {_brief(name)} holds a NUL character or a lone "
-                        "surrogate, which the stores cannot keep")
-            elif isinstance(value, dict | list):
-                if depth >= MAX_DEPTH:
-                    return Reason.TOO_DEEP, (
-                        f"attribute {_brief(name)} nests arrays or objects more than "
-                        f"{MAX_DEPTH} levels deep")
-                stack.append((value, depth + 1, name))
-            elif isinstance(value, bool) or value is None:
-                continue
-            elif isinstance(value, float):
-                if not math.isfinite(value):
-                    return Reason.INVALID_NUMBER, (
-                        f"attribute {_brief(name)} holds {_brief(value)}, which JSON "
-                        "cannot carry")
-            elif isinstance(value, int):
-                if not _INT_MIN <= value < _INT_END:
-                    return Reason.INVALID_NUMBER, (
-                        f"attribute {_brief(name)} holds an integer outside 64 bits, "
-                        "which the hand-over cannot carry")
+    try:
+        encoded = orjson.dumps(attributes)
+    except orjson.JSONEncodeError:
+        return _walk_attributes(attributes) or (
+            Reason.INVALID_NUMBER, "attributes the JSON encoder refuses")
+    if len(encoded) > MAX_ATTRIBUTES_BYTES:
+        return Reason.TOO_LARGE, (
+            f"attributes of {len(encoded)} bytes, more than {MAX_ATTRIBUTES_BYTES}")
+    if (not lenient and b"\\u0000" not in encoded
+            and encoded.count(b"[") + encoded.count(b"{") <= MAX_DEPTH + 1):
+        return None
+    return _walk_attributes(attributes)
+
+
+def _walk_attributes(attributes: dict[str, Any]) -> tuple[Reason, str] | None:
+    """``_attributes_problem`` the slow and certain way: one walk over every key and value
+    at every depth (iterative: no recursion limit). A lower bound of the encoded size
+    (characters) stops it early on a huge attribute; the exact size is measured only when
+    an upper bound says it could be near ``MAX_ATTRIBUTES_BYTES``.
+    """
+    chars = 2 * len(attributes)  #: a lower bound of the encoded size
+    items = len(attributes)
+    for name, value in attributes.items():
+        chars += len(name)
+        if "\x00" in name or (not name.isascii() and _bad_text(name)):
+            return Reason.INVALID_TEXT, (
+                f"attribute {_brief(name)}: its name holds a NUL character or a lone "
+                "surrogate, which the stores cannot keep")
+        if isinstance(value, str):
+            chars += len(value)
+            if chars > MAX_ATTRIBUTES_BYTES:
+                return Reason.TOO_LARGE, f"attributes of more than {MAX_ATTRIBUTES_BYTES} bytes"
+        if not isinstance(value, dict | list):
+            problem = _value_problem(value)
+            if problem is not None:
+                reason = Reason.INVALID_TEXT if isinstance(value, str) else Reason.INVALID_NUMBER
+                return reason, f"attribute {_brief(name)} {problem}"
+            continue
+        stack: list[tuple[Any, int]] = [(value, 1)]
+        while stack:
+            container, depth = stack.pop()
+            items += len(container)
+            chars += 2 * len(container)
+            if isinstance(container, dict):
+                for key in container:
+                    chars += len(key)
+                    if "\x00" in key or (not key.isascii() and _bad_text(key)):
+                        return Reason.INVALID_TEXT, (
+                            f"attribute {_brief(name)} has a key holding a NUL character or "
+                            "a lone surrogate, which the stores cannot keep")
+                members = container.values()
             else:
-                return Reason.INVALID_NUMBER, (
-                    f"attribute {_brief(name)} holds a {type(value).__name__}, not JSON")
-        if chars > MAX_ATTRIBUTES_BYTES:
-            return Reason.TOO_LARGE, (
-                f"attributes of more than {MAX_ATTRIBUTES_BYTES} bytes")
+                members = container
+            for member in members:
+                if isinstance(member, dict | list):
+                    if depth >= MAX_DEPTH:
+                        return Reason.TOO_DEEP, (
+                            f"attribute {_brief(name)} nests arrays or objects more than "
+                            f"{MAX_DEPTH} levels deep")
+                    stack.append((member, depth + 1))
+                    continue
+                if isinstance(member, str):
+                    chars += len(member)
+                    if chars > MAX_ATTRIBUTES_BYTES:
+                        break
+                problem = _value_problem(member)
+                if problem is not None:
+                    reason = (Reason.INVALID_TEXT if isinstance(member, str)
+                              else Reason.INVALID_NUMBER)
+                    return reason, f"attribute {_brief(name)} {problem}"
+            if chars > MAX_ATTRIBUTES_BYTES:
+                return Reason.TOO_LARGE, f"attributes of more than {MAX_ATTRIBUTES_BYTES} bytes"
     # At most 6 bytes a character (an escape), 30 an item (number, quotes, separators).
     if 6 * chars + 30 * items > MAX_ATTRIBUTES_BYTES:
         size = len(orjson.dumps(attributes))
@@ -363,7 +408,7 @@ class Contract:
 
     def parse(self, value: bytes | None, now: int | None = None) -> Parsed:
         """Readings and rejections in one message. Never raises for any input bytes."""
-        doc, rejection = _decode(value)
+        doc, rejection, lenient = _decode(value)
         if rejection is not None:
             return Parsed([], [rejection])
         now = now_us() if now is None else now
@@ -392,11 +437,12 @@ class Contract:
                 continue
             if defaults:
                 item = {**defaults, **item}
-            self._parse_reading(item, index, now, readings, rejections)
+            self._parse_reading(item, index, now, readings, rejections, lenient)
         return Parsed(readings, rejections)
 
     def _parse_reading(self, doc: dict[str, Any], index: int | None, now: int,
-                       readings: list[Reading], rejections: list[Rejection]) -> None:
+                       readings: list[Reading], rejections: list[Rejection],
+                       lenient: bool = True) -> None:
         id_field, raw_id = _first_present(doc, ID_FIELDS)
         if id_field is None:
             rejections.append(Rejection(
@@ -485,7 +531,7 @@ class Contract:
                 f"{MAX_METRICS}", index, sensor_id))
             return
         if attributes:
-            problem = _attributes_problem(attributes)
+            problem = _attributes_problem(attributes, lenient)
             if problem is not None:
                 rejections.append(Rejection(problem[0], problem[1], index, sensor_id))
                 return

@@ -555,3 +555,12 @@ def test_integers_past_64_bits_are_floats_from_either_decoder(slow):
     assert reading.attributes == {
         "x": [1.2345678901234568e+29, 18446744073709551615, -9223372036854775808]}
     assert type(reading.attributes["x"][1]) is int
+
+
+def test_many_shallow_arrays_are_carried_and_the_walk_agrees_with_the_fast_check():
+    # 50 arrays: too many brackets for the byte scan to clear, so the walk decides.
+    doc = {"sensor_id": "x", "ts": ISO, "t": 1, "tags": [[i, str(i)] for i in range(50)]}
+    assert only_reading(doc).attributes == {"tags": doc["tags"]}
+    lenient = CONTRACT.parse(orjson.dumps(doc)[:-1] + b',"nan":NaN}', NOW)
+    assert lenient.readings[0].attributes == {"tags": doc["tags"]}
+    assert [x.reason for x in lenient.rejections] == [Reason.VALUE_NOT_FINITE]
