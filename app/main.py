@@ -56,6 +56,10 @@ class Worker(faust.Worker):
     ``replay``, ...), which may run beside a worker sharing its ``DATA_DIR``.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        shutdown.arm()
+
     async def on_first_start(self) -> None:
         rebuild_tables_from_changelogs(self.app.conf.tabledir)
         await super().on_first_start()
@@ -64,9 +68,17 @@ class Worker(faust.Worker):
         shutdown.begin(f"signal {sig.name}")
         super()._schedule_shutdown(sig)
 
+    def _shutdown_loop(self) -> None:
+        """mode's wind-down of the event loop (which re-raises a crash), then the end of
+        the process within the stop's bound (``Shutdown.exit_now``)."""
+        super()._shutdown_loop()
+        if shutdown.started:
+            shutdown.exit_now()
+
 
 class App(faust.App):
-    """Faust's App whose stop cannot wait forever for messages the agents hold."""
+    """Faust's App whose stop, in the ``worker`` command, cannot wait forever for
+    messages the agents hold."""
 
     async def on_stop(self) -> None:
         shutdown.begin("stop")

@@ -11,15 +11,18 @@ ignored SIGTERM for minutes (issue 18). So the stop has a deadline:
    and the messages still unacknowledged are marked done without their offsets being
    acknowledged, so Faust's commit at the stop cannot cover them (it commits only a
    contiguous run of acknowledged offsets) and the next worker reads them again;
-3. the rest of the stop (tables, consumer, producer, the sinks' connections) has the
-   reserve; and if the process is still alive at the deadline anyway, a watchdog thread
-   logs it and ends the process with ``EXIT_CODE``, whatever the event loop is doing.
+3. the rest of the stop (tables, consumer, producer, the sinks' connections, mode's
+   wind-down of the event loop) has the reserve, and the process then ends at once
+   (``exit_now``); if it is still alive at the deadline anyway, a watchdog thread logs
+   it and ends the process with ``EXIT_CODE``, whatever the event loop is doing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +52,12 @@ class Shutdown:
         self._watchdog: threading.Timer | None = None
         self._give_up: list[Callable[[], Awaitable[None]]] = []
         self._gave_up = False
+        self.armed = False
+
+    def arm(self) -> None:
+        """Bound this process's stop: the ``worker`` command's only. Other commands
+        (``load``, ``replay``, ...) stop as Faust stops them."""
+        self.armed = True
 
     @property
     def started(self) -> bool:
@@ -56,7 +65,7 @@ class Shutdown:
 
     def begin(self, why: str) -> None:
         """Start the clock (once: the first signal or stop counts) and the watchdog."""
-        if self.began is not None:
+        if self.began is not None or not self.armed:
             return
         self.began = self.clock()
         log.info("stopping within %g s", self.timeout,
@@ -94,6 +103,17 @@ class Shutdown:
                 await callback()
             except Exception as exc:
                 log.warning("a give-up step at shutdown failed: %s", str(exc)[:300])
+
+    def exit_now(self) -> None:
+        """End the process with status 0 once the stop's work is done (the event loop
+        closed), without the interpreter's own teardown: it took 0.9 s here (1.2 s under
+        load) and the watchdog's thread cannot run in it (Python freezes other threads
+        once it finalizes), so the bound held only if it was quick."""
+        log.info("stopped", extra={"stop_s": round(self.timeout - self.remaining(), 3)})
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # closed or gone: nothing left to tell
+                stream.flush()
+        self._exit(0)
 
     def expired(self) -> None:
         """The watchdog: the deadline passed with the process still running."""

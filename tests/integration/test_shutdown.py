@@ -69,6 +69,18 @@ async def lag_is_backlog(worker, bootstrap: str, group: str, topic: str) -> dict
     return served if before == after and served == before else None
 
 
+async def sigterm(worker, deadline: float) -> tuple[float, int | None]:
+    """SIGTERM ``worker``; the seconds until it exited (or ``deadline`` passed) and its
+    status (None: still running)."""
+    worker.process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    while worker.process.poll() is None and time.monotonic() - sent < deadline:
+        await asyncio.sleep(0.05)
+    took, code = time.monotonic() - sent, worker.process.poll()
+    print(f"SIGTERM to exit: {took:.2f} s, status {code}")
+    return took, code
+
+
 def steady(prefix: str, sensors: range, at: float) -> list[tuple[bytes, bytes]]:
     """One reading of each sensor ``prefix``-N, all within a second of ``at`` at the same
     temperature: no window seals and nothing is anomalous, so the readings are the only
@@ -123,13 +135,7 @@ async def test_sigterm_while_the_sink_retries_stops_in_time_and_a_restart_loses_
         held = await backlog(bootstrap, group, by_sensor)
         assert sum(held.values()) > 0, "hand-overs the sink did not store were committed"
 
-        worker.process.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        while worker.process.poll() is None and time.monotonic() - sent < SHUTDOWN_S + 30:
-            await asyncio.sleep(0.05)
-        took = time.monotonic() - sent
-        code = worker.process.poll()
-        print(f"SIGTERM to exit: {took:.2f} s (bound {SHUTDOWN_S:g} s), status {code}")
+        took, code = await sigterm(worker, SHUTDOWN_S + 30)
         assert code is not None and took <= SHUTDOWN_S + MARGIN_S, (
             f"still running {took:.1f} s after SIGTERM:\n{worker.log_tail()}")
         stop_log = worker.log.read_text().split("Signal received: 15", 1)[1]
@@ -189,3 +195,9 @@ async def test_the_lag_of_paused_partitions_is_the_real_backlog(
     assert status == 200, body
     await eventually(lambda: sum(lag_of(worker, topic).values()) == 0,
                      "the lag back to 0 once resumed", 60)
+
+    # Nothing held: SIGTERM stops the worker cleanly, well within the default 30 s, and
+    # gives nothing up.
+    took, code = await sigterm(worker, 40)
+    assert code == 0 and took < 10, (took, code, worker.log_tail())
+    assert "not stored within the drain" not in worker.log.read_text()

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 from app.shutdown import EXIT_CODE, Shutdown, drop_unacked
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Clock:
@@ -19,7 +25,9 @@ class Clock:
 def test_the_budget_counts_from_the_first_begin_and_keeps_a_reserve():
     clock = Clock()
     shutdown = Shutdown(20.0, clock=clock, exit=lambda code: None)
+    shutdown.begin("stop")  # not armed: a command other than the worker
     assert not shutdown.started and shutdown.remaining() == 20.0
+    shutdown.arm()
     shutdown.begin("signal SIGTERM")
     clock.now += 4.0
     shutdown.begin("stop")  # a later begin does not restart the clock
@@ -41,6 +49,7 @@ def test_the_watchdog_ends_the_process_at_the_deadline_with_its_status():
         fired.set()
 
     shutdown = Shutdown(0.2, exit=exit_)
+    shutdown.arm()
     shutdown.begin("signal SIGTERM")
     assert fired.wait(5.0), "the watchdog did not fire"
     assert exited == [EXIT_CODE] and EXIT_CODE != 0
@@ -86,3 +95,32 @@ def test_drop_unacked_marks_held_messages_done_without_acknowledging_them():
     consumer = Consumer([held, done])
     assert drop_unacked(consumer) == 1
     assert held.acked and consumer._unacked_messages == {done}
+
+
+def test_the_watchdog_ends_a_process_whose_main_thread_is_stuck():
+    """A real process, its main thread blocked (as an event loop stuck in a call would
+    be): the watchdog's thread still ends it at the deadline, with the status and a
+    critical log line."""
+    code = ("import logging, sys, time\n"
+            "logging.basicConfig(stream=sys.stderr, format='%(levelname)s %(message)s')\n"
+            "from app.shutdown import Shutdown\n"
+            "s = Shutdown(0.5)\n"
+            "s.arm()\n"
+            "s.begin('signal SIGTERM')\n"
+            "time.sleep(30)\n")
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=20)
+    took = time.monotonic() - began
+    assert done.returncode == EXIT_CODE, done.stderr
+    assert "CRITICAL shutdown did not complete" in done.stderr
+    assert took < 10, took
+
+
+def test_a_finished_stop_ends_the_process_with_status_0():
+    exited: list[int] = []
+    shutdown = Shutdown(10.0, exit=exited.append)
+    shutdown.arm()
+    shutdown.begin("signal SIGTERM")
+    shutdown.exit_now()
+    assert exited == [0]
