@@ -219,9 +219,8 @@ async def test_a_huge_logger_name_is_refused_quickly(worker):
 ])
 async def test_bad_parameters_are_400_naming_the_parameter(worker, target, parameter):
     answer = await asyncio.to_thread(raw_request, worker.port, target)
-    if parameter is None:
-        assert answer[0] in (200, 400), answer
-        json_error(answer) if answer[0] == 400 else orjson.loads(answer[1])
+    if parameter is None:  # yarl reads bytes that are not UTF-8 as U+FFFD: no such metric
+        assert answer[0] == 200 and orjson.loads(answer[1])["count"] == 0, answer
         return
     assert answer[0] == 400, answer
     assert parameter in json_error(answer)

@@ -2,7 +2,6 @@
 
 import logging
 import re
-import statistics
 import sys
 import time
 
@@ -76,20 +75,25 @@ def test_masking_equals_the_former_pattern_on_any_text(text):
     assert mask_secrets(text) == _former_mask(text)
 
 
-def _median_seconds(text: str, runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
+def _seconds(text: str, calls: int = 5) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
         mask_secrets(text)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return (time.perf_counter() - started) / calls
+
+
+def _fastest_pair(small: str, large: str, rounds: int = 9) -> tuple[float, float]:
+    """The fastest of interleaved timings of each: load on a shared machine only adds
+    time, so the minimum is the cost, and interleaving gives both the same conditions."""
+    pairs = [(_seconds(small), _seconds(large)) for _ in range(rounds)]
+    return min(p[0] for p in pairs), min(p[1] for p in pairs)
 
 
 @pytest.mark.parametrize("unit", [
     "a",                 # a run of letters: the former pattern's quadratic case
     "passwordx",         # the same, where the pattern must run (a key word inside)
     "a://b:",            # URLs whose passwords never end
-    "password='",        # quoted values never closed
+    "password='",        # quoted values, each running to the next quote
     "token" + " " * 7,   # a key followed by blanks
     "x1+",               # scheme characters without a letter start
 ])
@@ -97,9 +101,11 @@ def test_masking_time_is_linear(unit):
     """8x the text costs about 8x the time (the former pattern: 64x; 8 KB took 0.47 s)."""
     small = unit * (8 * 1024 // len(unit))
     large = unit * (64 * 1024 // len(unit))
-    small_s, large_s = _median_seconds(small), _median_seconds(large)
-    assert large_s / max(small_s, 1e-6) < 20, (small_s, large_s)
-    assert large_s < 0.05, large_s
+    small_s, large_s = _fastest_pair(small, large)
+    # Linear: 8; quadratic: 64. 24 is near their geometric mean (22.6): a loaded machine
+    # (seen: 22 once under 5 parallel test runs) does not fail it, the former pattern does.
+    assert large_s / max(small_s, 1e-6) < 24, (small_s, large_s)
+    assert large_s < 0.5, large_s  # the former pattern: ~30 s (0.47 s for 8 KB, x64)
 
 
 def test_bounded_cuts_with_a_marker_and_the_length():
