@@ -600,7 +600,7 @@ def _record_text(value: Any, limit: int = MAX_MESSAGE_CHARS) -> str | None:
     characters, a lone surrogate written as its escape (``\\ud800``)."""
     if value is None:
         return None
-    text = value if isinstance(value, str) else str(value)
+    text = value if type(value) is str else str(value)  # a Reason: its code
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     if not text.isascii():
