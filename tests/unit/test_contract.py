@@ -564,3 +564,15 @@ def test_many_shallow_arrays_are_carried_and_the_walk_agrees_with_the_fast_check
     lenient = CONTRACT.parse(orjson.dumps(doc)[:-1] + b',"nan":NaN}', NOW)
     assert lenient.readings[0].attributes == {"tags": doc["tags"]}
     assert [x.reason for x in lenient.rejections] == [Reason.VALUE_NOT_FINITE]
+
+
+def test_the_largest_reading_the_contract_accepts_fits_one_hand_over():
+    from app.contract import MAX_METRIC_LENGTH
+
+    metrics = {f"{i:04d}" + "m" * (MAX_METRIC_LENGTH - 4): -1.2345678901234567e-300
+               for i in range(MAX_METRICS)}
+    attributes = {"a": "\x01" * ((MAX_ATTRIBUTES_BYTES - 20) // 6)}
+    doc = {"sensor_id": "s" * 256, "ts": ISO, "metrics": metrics, **attributes}
+    reading = only_reading(doc)
+    values = list(encode_batches([(reading, Source("in", 0, 1), NOW)] * 2))
+    assert len(values) == 1 and len(values[0]) < MAX_RECORD_BYTES // 4
