@@ -60,9 +60,9 @@ _told: defaultdict[int, dict[str, int]] = defaultdict(dict)
 _dead_letter_lines = Throttle(10.0)
 
 
-#: The input message being classified, or the batch being handed over: where a bug
-#: struck, for its log line.
-_at: dict[str, object] = {}
+#: The input message being classified (None while a batch is handed over): where a
+#: bug struck, for its log line.
+_classifying: Source | None = None
 STAGE = "ingest"
 metrics.STAGE_FAILURES.labels(STAGE)  # shown as 0 until it happens
 
@@ -71,7 +71,6 @@ metrics.STAGE_FAILURES.labels(STAGE)  # shown as 0 until it happens
 async def ingest(stream):
     await dead_letters.maybe_declare()
     async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
-        _at.clear()
         try:
             messages = await _with_skipped([m for event in events for m in _messages(event)])
             await forward(messages)
@@ -95,22 +94,20 @@ async def _stop_stage(events: Sequence[EventT], exc: Exception) -> NoReturn:
     next worker of the group reads the batch again from the committed offset. Staying
     alive with the stage stuck would hold the partitions in a worker that does nothing.
     """
-    where = dict(_at)
-    if not where:  # before any message was classified: the batch's offsets
-        where["batch"] = ", ".join(
+    source = _classifying
+    if source is not None:
+        where = {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+    else:  # not while a message was classified: the batch's offsets
+        where = {"batch": ", ".join(
             f"{e.message.topic}:{e.message.partition}@"
             f"{getattr(e.message, 'first', e.message.offset)}-{e.message.offset}"
-            for e in events)[:1000]
+            for e in events)[:1000]}
     log.critical("the ingest stage stopped on an unexpected error (not about the data): "
                  "the worker stops without committing the batch; it is read again after "
                  "the restart", exc_info=exc, extra={"stage": STAGE, **where})
     metrics.stage_failed(STAGE, exc)
-    drop_ack = getattr(app.consumer, "_drop_ack", None)
-    for event in events:
-        if drop_ack is not None:
-            drop_ack(event.message)
-        else:  # pragma: no cover - the project's transport always has it
-            event.message.acked = True
+    for event in events:  # done, offsets not acknowledged (app.transport.Consumer)
+        app.consumer._drop_ack(event.message)
     await app.crash(exc)
     await asyncio.Event().wait()  # never continue the batch: the worker is stopping
     raise AssertionError("unreachable")  # pragma: no cover
@@ -178,13 +175,14 @@ DeadCounts = defaultdict[int, defaultdict[str, int]]
 
 
 async def forward(messages: list[Message]) -> None:
+    global _classifying
     now = now_us()
     routed: defaultdict[int, list[Item]] = defaultdict(list)
     dead: DeadCounts = defaultdict(lambda: defaultdict(int))
     for message in messages:
         source = message.source
         topic = source.topic
-        _at.update(topic=topic, partition=source.partition, offset=source.offset)
+        _classifying = source
         parsed = contract.parse(message.value, now)
         metrics.MESSAGES_IN.labels(topic).inc()
         # Readings are counted in where they are classified: rejections here, the rest
@@ -197,8 +195,7 @@ async def forward(messages: list[Message]) -> None:
             routed[sensor_partition(reading.sensor_id)].append((reading, source, now))
             if reading.ts > _newest.get(source.input_partition, -1):
                 _newest[source.input_partition] = reading.ts
-    _at.clear()
-    _at["batch"] = _positions_of(messages)
+    _classifying = None
     by_source: dict[tuple[str, int, int], Message] = {}
     for partition in range(settings.partitions):
         told = _told[partition]
@@ -222,16 +219,6 @@ async def forward(messages: list[Message]) -> None:
                 by_source = by_source or _by_source(messages)
                 await _send_one_by_one(partition, decode_batch(value), by_source, now)
         told.update(news)
-
-
-def _positions_of(messages: list[Message]) -> str:
-    """``topic:partition@first-last`` of each input partition of a batch, for a log line."""
-    ranges: dict[tuple[str, int], list[int]] = {}
-    for message in messages:
-        first_last = ranges.setdefault((message.source.topic, message.source.partition),
-                                       [message.source.offset, message.source.offset])
-        first_last[1] = message.source.offset
-    return ", ".join(f"{t}:{p}@{a}-{b}" for (t, p), (a, b) in ranges.items())[:1000]
 
 
 def _by_source(messages: list[Message]) -> dict[tuple[str, int, int], Message]:

@@ -317,13 +317,6 @@ async def test_poison_is_dead_lettered_and_later_readings_are_stored(case, env, 
     assert status == 200, ready
 
 
-def test_no_crash_after_every_case(worker):
-    """Run last: the shared worker is still the first process, never restarted."""
-    assert worker.process.poll() is None
-    log = worker.log.read_text(errors="replace")
-    assert "Traceback" not in log, worker.log_tail()
-
-
 async def test_an_unreadable_hand_over_is_dead_lettered_by_the_per_sensor_stage(env, worker):
     """A record another producer wrote to the hand-over topic: dead-lettered with its
     bytes (``not_json``, ``bad_shape``); the readings handed over after it are stored."""
@@ -371,6 +364,14 @@ async def test_an_unreadable_hand_over_is_dead_lettered_by_the_per_sensor_stage(
     assert counter(samples, "sensorstream_stage_failures_total") == 0
     log = worker.log.read_text(errors="replace")
     assert not [w for w in CRASH_WORDS if w in log], worker.log_tail()
+
+
+def test_no_crash_after_every_case(worker):
+    """After the shared worker's cases: it is still the first process, never restarted,
+    and logged no traceback."""
+    assert worker.process.poll() is None
+    log = worker.log.read_text(errors="replace")
+    assert "Traceback" not in log, worker.log_tail()
 
 
 #: A plugin that makes the ingest stage meet what no correct contract lets through: a
