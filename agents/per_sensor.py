@@ -17,7 +17,16 @@ from typing import Any
 import orjson
 
 from app import metrics
-from app.contract import Handover, Rejection, Source, dead_letter, format_ts, now_us, parse_time
+from app.contract import (
+    Handover,
+    Reason,
+    Rejection,
+    Source,
+    dead_letter,
+    format_ts,
+    now_us,
+    parse_time,
+)
 from app.handover import BadHandover, decode_checked
 from app.locations import location_of
 from app.main import app, settings
@@ -144,24 +153,32 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
 
 
 async def _decoded(partition: int, value: bytes | None, offset: int) -> Handover:
-    """The hand-over at ``offset``; one that cannot be decoded (a record another producer
-    wrote to the topic) is dead-lettered with its bytes and applied as an empty one, so
-    that its offset counts as applied and the stage goes on (the readings sink skips
-    it). It is counted in and dead-lettered under the hand-over topic's name: it holds
-    no input reading."""
+    """The hand-over at ``offset``, without what cannot be applied: a record another
+    producer wrote to the topic is dead-lettered whole with its bytes and applied as an
+    empty hand-over (its offset counts as applied), a reading of the wrong types alone
+    (``reading_index``); the stage goes on. Counted in and dead-lettered under the
+    hand-over topic's name: they hold no input reading. (The sink stage, reading the
+    same topic, dead-letters what it cannot store on its own.)"""
     try:
-        return decode_checked(value)
+        handover, bad = decode_checked(value)
     except BadHandover as exc:
-        reason, problem = exc.reason, str(exc)
+        handover, bad = Handover([], {}, {}), [(None, exc.reason, str(exc))]
+    else:
+        bad = [(index, Reason.BAD_SHAPE, problem) for index, problem in bad]
+    if not bad:
+        return handover
     topic = by_sensor.get_topic_name()
-    text = f"a hand-over the per-sensor stage cannot read: {problem}"[:1000]
-    record, headers = dead_letter(Rejection(reason, text), value, Source(topic, partition, offset))
-    await dead_letters.send(key=None, value=record, headers=headers)
-    metrics.READINGS_IN.labels(topic).inc()
-    metrics.DEAD_LETTERED.labels(topic, reason).inc()
-    log.error("dead-lettered an unreadable hand-over: %s", text, extra={
-        "topic": topic, "partition": partition, "offset": offset, "reason": str(reason)})
-    return Handover([], {}, {})
+    for index, reason, problem in bad:
+        text = f"a hand-over the per-sensor stage cannot apply: {problem}"[:1000]
+        record, headers = dead_letter(Rejection(reason, text, index), value,
+                                      Source(topic, partition, offset))
+        await dead_letters.send(key=None, value=record, headers=headers)
+        metrics.READINGS_IN.labels(topic).inc()
+        metrics.DEAD_LETTERED.labels(topic, reason).inc()
+        log.error("dead-lettered from a hand-over: %s", text, extra={
+            "topic": topic, "partition": partition, "offset": offset, "reason": str(reason),
+            "reading_index": index})
+    return handover
 
 
 def _check_silence(batch: Batch, judgement: Judgement, partition: int) -> None:

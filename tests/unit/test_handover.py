@@ -1,5 +1,6 @@
-"""Hand-over records any producer could write: decoded with the stages' types, or a
-``BadHandover`` with its reason, never another exception."""
+"""Hand-over records any producer could write: decoded with the types the per-sensor
+stage relies on, each other reading named, or a ``BadHandover`` with its reason; never
+another exception."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import pytest
 
 from app.contract import Reading, Source, encode_batch
 from app.handover import BadHandover, decode_checked
-from sinks.records import ROWS_OF
+
+GOOD_ROW = ["s", 1, {"t": 1.0}, {}, "in", 0, 0, 0]
 
 
 def test_a_hand_over_of_the_ingest_stage_decodes_as_it_was_written():
     items = [(Reading("s1", 5, {"t": 1.5, "h": None, "n": 3}, {"loc": "a"}),
               Source("in", 1, 7), 9)]
-    handover = decode_checked(encode_batch(items, {"in:1": 5}, {"s1": 2}))
+    handover, bad = decode_checked(encode_batch(items, {"in:1": 5}, {"s1": 2}))
+    assert bad == []
     assert handover.rows == items and handover.watermarks == {"in:1": 5}
     assert handover.dead_letters == {"s1": 2}
 
@@ -26,24 +29,27 @@ def test_a_hand_over_of_the_ingest_stage_decodes_as_it_was_written():
     (b"[1, 2]", "bad_shape"),
     (b'{"wm": {}}', "bad_shape"),
     (orjson.dumps({"rows": [["s", "not a time", {}]], "wm": {}}), "bad_shape"),
-    (orjson.dumps({"rows": [["s", 1, {"t": "warm"}, {}, "in", 0, 0, 0]], "wm": {}}),
-     "bad_shape"),
-    (orjson.dumps({"rows": [["s", 1, {"t": True}, {}, "in", 0, 0, 0]], "wm": {}}),
-     "bad_shape"),
-    (orjson.dumps({"rows": [[1, 1, {"t": 1.0}, {}, "in", 0, 0, 0]], "wm": {}}), "bad_shape"),
-    (orjson.dumps({"rows": [["s", 1, {"t": 1.0}, [], "in", 0, 0, 0]], "wm": {}}), "bad_shape"),
-    (orjson.dumps({"rows": [["s", 1, {"t": 1.0}, {}, "in", "0", 0, 0]], "wm": {}}),
-     "bad_shape"),
     (orjson.dumps({"rows": [], "wm": {"in:0": "late"}}), "bad_shape"),
     (orjson.dumps({"rows": [], "wm": {}, "dl": {"s": None}}), "bad_shape"),
 ])
-def test_anything_else_is_a_bad_hand_over_with_its_reason(value, reason):
+def test_a_record_that_is_no_hand_over_is_bad_whole_with_its_reason(value, reason):
     with pytest.raises(BadHandover) as raised:
         decode_checked(value)
     assert raised.value.reason == reason and str(raised.value)
 
 
-def test_the_readings_sink_skips_a_bad_hand_over_that_the_per_sensor_stage_dead_letters():
-    assert list(ROWS_OF["readings"](b"\x00 not a hand-over", 0, 3)) == []
-    good = encode_batch([(Reading("s1", 5, {"t": 1.5}, {}), Source("in", 1, 7), 9)])
-    assert len(list(ROWS_OF["readings"](good, 0, 4))) == 1
+@pytest.mark.parametrize("row", [
+    ["s", 1, {"t": "warm"}, {}, "in", 0, 0, 0],
+    ["s", 1, {"t": True}, {}, "in", 0, 0, 0],
+    [1, 1, {"t": 1.0}, {}, "in", 0, 0, 0],
+    ["s", 1.5, {"t": 1.0}, {}, "in", 0, 0, 0],
+    ["s", 1, {"t": 1.0}, [], "in", 0, 0, 0],
+    ["s", 1, {"t": 1.0}, {}, "in", "0", 0, 0],
+    ["s", 1, [], {}, "in", 0, 0, 0],
+])
+def test_a_reading_of_the_wrong_types_is_named_and_the_others_kept(row):
+    handover, bad = decode_checked(orjson.dumps({"rows": [GOOD_ROW, row, GOOD_ROW],
+                                                 "wm": {"in:0": 3}}))
+    assert [index for index, _problem in bad] == [1] and bad[0][1]
+    assert [r.sensor_id for r, _s, _at in handover.rows] == ["s", "s"]
+    assert handover.watermarks == {"in:0": 3}
