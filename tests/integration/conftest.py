@@ -15,7 +15,7 @@ import pytest
 from app import settings as settings_mod
 from app.stack import Stack
 
-from .harness import Worker, env_without_sensorstream, isolated_stack_settings
+from .harness import Worker, deployment_env, env_without_sensorstream, isolated_stack_settings
 
 pytestmark = pytest.mark.integration
 
@@ -45,24 +45,8 @@ _serial = itertools.count()
 
 @pytest.fixture
 def app_env(stack_env) -> dict[str, str]:
-    """Settings of one isolated deployment: its own consumer group, topics and fast
-    group timeouts."""
-    name = f"t{next(_serial)}-{uuid.uuid4().hex[:6]}"
-    return {
-        **stack_env,
-        "SENSORSTREAM_APP_ID": f"ss-{name}",
-        "SENSORSTREAM_INPUT_TOPICS": f"in-{name}",
-        "SENSORSTREAM_DLQ_TOPIC": f"dlq-{name}",
-        "SENSORSTREAM_LATE_TOPIC": f"late-{name}",
-        "SENSORSTREAM_AGGREGATES_TOPIC": f"agg-{name}",
-        "SENSORSTREAM_ANOMALIES_TOPIC": f"anom-{name}",
-        "SENSORSTREAM_PARTITIONS": "4",
-        "SENSORSTREAM_SESSION_TIMEOUT": "6s",
-        "SENSORSTREAM_HEARTBEAT_INTERVAL": "1s",
-        "SENSORSTREAM_BATCH_WINDOW": "50ms",
-        "SENSORSTREAM_PG_SCHEMA": name.replace("-", "_"),
-        "SENSORSTREAM_LAKE_URL": f"s3://{stack_env['SENSORSTREAM_S3_BUCKET']}/{name}",
-    }
+    """Settings of one isolated deployment (``deployment_env``) per test."""
+    return deployment_env(stack_env, f"t{next(_serial)}-{uuid.uuid4().hex[:6]}")
 
 
 @pytest.fixture

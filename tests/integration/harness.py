@@ -206,6 +206,26 @@ def env_without_sensorstream() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SENSORSTREAM_")}
 
 
+def deployment_env(stack_env: dict[str, str], name: str) -> dict[str, str]:
+    """Settings of one isolated deployment named ``name``: its own consumer group,
+    topics, schema and lake prefix, and fast group timeouts."""
+    return {
+        **stack_env,
+        "SENSORSTREAM_APP_ID": f"ss-{name}",
+        "SENSORSTREAM_INPUT_TOPICS": f"in-{name}",
+        "SENSORSTREAM_DLQ_TOPIC": f"dlq-{name}",
+        "SENSORSTREAM_LATE_TOPIC": f"late-{name}",
+        "SENSORSTREAM_AGGREGATES_TOPIC": f"agg-{name}",
+        "SENSORSTREAM_ANOMALIES_TOPIC": f"anom-{name}",
+        "SENSORSTREAM_PARTITIONS": "4",
+        "SENSORSTREAM_SESSION_TIMEOUT": "6s",
+        "SENSORSTREAM_HEARTBEAT_INTERVAL": "1s",
+        "SENSORSTREAM_BATCH_WINDOW": "50ms",
+        "SENSORSTREAM_PG_SCHEMA": name.replace("-", "_"),
+        "SENSORSTREAM_LAKE_URL": f"s3://{stack_env['SENSORSTREAM_S3_BUCKET']}/{name}",
+    }
+
+
 def isolated_stack_settings(stack_dir: Path) -> dict[str, str]:
     """Settings of a local stack of its own: its directory and free loopback ports."""
     return {"SENSORSTREAM_STACK_DIR": str(stack_dir),

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_plugins import distribution
 
-from .harness import Worker, eventually, produce
+from .harness import Worker, deployment_env, eventually, produce
 
 pytestmark = pytest.mark.integration
 
@@ -103,20 +103,8 @@ async def worker(stack_env, bootstrap, tmp_path_factory):
                         {"routes_plugin.py": ROUTES_PLUGIN})
     name = f"hp-{uuid.uuid4().hex[:6]}"
     env = {
-        **stack_env,
+        **deployment_env(stack_env, name),
         "PYTHONPATH": str(site),
-        "SENSORSTREAM_APP_ID": f"ss-{name}",
-        "SENSORSTREAM_INPUT_TOPICS": f"in-{name}",
-        "SENSORSTREAM_DLQ_TOPIC": f"dlq-{name}",
-        "SENSORSTREAM_LATE_TOPIC": f"late-{name}",
-        "SENSORSTREAM_AGGREGATES_TOPIC": f"agg-{name}",
-        "SENSORSTREAM_ANOMALIES_TOPIC": f"anom-{name}",
-        "SENSORSTREAM_PARTITIONS": "4",
-        "SENSORSTREAM_SESSION_TIMEOUT": "6s",
-        "SENSORSTREAM_HEARTBEAT_INTERVAL": "1s",
-        "SENSORSTREAM_BATCH_WINDOW": "50ms",
-        "SENSORSTREAM_PG_SCHEMA": name.replace("-", "_"),
-        "SENSORSTREAM_LAKE_URL": f"s3://{stack_env['SENSORSTREAM_S3_BUCKET']}/{name}",
         "SENSORSTREAM_API_TOKENS": TOKENS,
         "SENSORSTREAM_SINKS": "postgres,lake",
     }

@@ -31,7 +31,7 @@ from aiokafka.partitioner import murmur2
 from app.contract import MAX_RECORD_BYTES, Contract
 from app.settings import load
 
-from .harness import Worker, accounting, commits_and_ends, counter, eventually
+from .harness import Worker, accounting, commits_and_ends, counter, deployment_env, eventually
 from .test_pipeline import reference
 from .test_sinks import lake_store
 
@@ -104,19 +104,7 @@ CASES = {
 async def env(stack_env) -> dict[str, str]:
     name = f"poison-{uuid.uuid4().hex[:6]}"
     env = {
-        **stack_env,
-        "SENSORSTREAM_APP_ID": f"ss-{name}",
-        "SENSORSTREAM_INPUT_TOPICS": f"in-{name}",
-        "SENSORSTREAM_DLQ_TOPIC": f"dlq-{name}",
-        "SENSORSTREAM_LATE_TOPIC": f"late-{name}",
-        "SENSORSTREAM_AGGREGATES_TOPIC": f"agg-{name}",
-        "SENSORSTREAM_ANOMALIES_TOPIC": f"anom-{name}",
-        "SENSORSTREAM_PARTITIONS": "4",
-        "SENSORSTREAM_SESSION_TIMEOUT": "6s",
-        "SENSORSTREAM_HEARTBEAT_INTERVAL": "1s",
-        "SENSORSTREAM_BATCH_WINDOW": "50ms",
-        "SENSORSTREAM_PG_SCHEMA": name.replace("-", "_"),
-        "SENSORSTREAM_LAKE_URL": f"s3://{stack_env['SENSORSTREAM_S3_BUCKET']}/{name}",
+        **deployment_env(stack_env, name),
         "SENSORSTREAM_SINKS": "postgres,lake",
         "SENSORSTREAM_SINK_BATCH_WINDOW": "300ms",
         "SENSORSTREAM_LAKE_SEAL_IDLE": "3s",
