@@ -151,8 +151,11 @@ async def test_unauthenticated_storm_with_8kb_paths_keeps_health_within_100ms(wo
     poller = threading.Thread(target=poll_health, daemon=True)
     poller.start()
     try:
-        await eventually(lambda: len(samples) >= 20, "/health polled before the storm", 30,
-                         interval=0.01)
+        # The storm starts on a settled worker: 20 answers in a row within 50 ms (a
+        # worker just started still seals, flushes and compacts; that is not the storm).
+        await eventually(lambda: len(samples) >= 20 and all(
+            seconds < 0.05 for _, seconds, _ in samples[-20:]),
+            "/health settled before the storm", 60, interval=0.01)
         storm_started = time.monotonic()
         statuses = []
         for _round in range(3):  # three waves of 40 concurrent requests
@@ -170,11 +173,15 @@ async def test_unauthenticated_storm_with_8kb_paths_keeps_health_within_100ms(wo
               if storm_started <= started <= storm_ended]
     assert len(during) >= 10, (len(during), storm_ended - storm_started)
     assert all(status == 200 for _, _, status in samples)
-    slowest = max(seconds for _, seconds, _ in samples)
+    # Every /health asked from the storm's start until 20 answers after its end.
+    affected = [(started - storm_started, seconds) for started, seconds, _ in samples
+                if started >= storm_started]
+    slowest = max(seconds for _, seconds in affected)
     print(f"storm: {storm_ended - storm_started:.3f} s for 120 requests; /health polled "
-          f"{len(samples)} times ({len(during)} during the storm), slowest "
-          f"{slowest * 1000:.1f} ms")
-    assert slowest < 0.1, sorted(s for _, s, _ in samples)[-5:]
+          f"{len(affected)} times from its start ({len(during)} during it), slowest "
+          f"{slowest * 1000:.1f} ms; slowest before it "
+          f"{max(s for t, s, _ in samples if t < storm_started) * 1000:.1f} ms")
+    assert slowest < 0.1, sorted(affected, key=lambda a: a[1])[-5:]
     # Each refusal is logged, its path cut with a marker and its length.
     refused = [e for e in log_lines(worker) if e.get("msg", "").startswith("request refused")
                and e.get("path", "").startswith("/admin/aaaa")]
