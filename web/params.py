@@ -11,15 +11,13 @@ from collections.abc import Iterable
 
 from faust import web
 
-from app.contract import parse_time
+from app.history.query import time_param
 
 #: Longest query or path parameter value: a history cursor of the longest sensor id and
 #: metric (256 characters each, app.contract) fits; aiohttp caps a request line at 8 KB.
 MAX_PARAM_CHARS = 4096
 #: Longest parameter name (every name a view knows is a word).
 MAX_NAME_CHARS = 64
-#: Longest numeric text a time parameter takes: epoch nanoseconds have 19 digits.
-MAX_NUMBER_CHARS = 40
 
 
 class BadRequest(ValueError):
@@ -75,22 +73,13 @@ def query_time(request: web.Request, name: str) -> int | None:
     text = request.query.get(name)
     if text is None or not text.strip():
         return None
-    ts = time_of(text.strip())
+    ts = time_param(text.strip())
     if ts is None:
         raise BadRequest(f"{name}={text!r} is not a time: use ISO 8601 "
                          "(2026-11-22T10:00:00Z) or epoch seconds/ms/us/ns")
     return ts
 
 
-def time_of(text: str) -> int | None:
-    """``parse_time`` of a parameter's text; None (not a time) for a number of absurd
-    length, which ``int()`` would refuse with ValueError past 4,300 digits."""
-    if len(text) > MAX_NUMBER_CHARS and text.lstrip("+-").replace(".", "", 1).isdigit():
-        return None
-    try:
-        return parse_time(text)
-    except (ValueError, OverflowError):
-        return None
 
 
 def scope(request: web.Request) -> str:

@@ -107,20 +107,24 @@ def _text(query: Mapping[str, str], name: str) -> str | None:
     return value.strip()
 
 
-#: Longest numeric text taken as a time (epoch nanoseconds have 19 digits); ``int()``
-#: refuses more than 4,300 digits with ValueError.
-_MAX_NUMBER_CHARS = 40
+#: Longest numeric text a time parameter takes: epoch nanoseconds have 19 digits.
+MAX_NUMBER_CHARS = 40
+
+
+def time_param(text: str) -> int | None:
+    """The time a request parameter's text names (``parse_time``), or None: also for a
+    number longer than ``MAX_NUMBER_CHARS``, which no time needs. The history API and
+    every view's ``web.params.query_time`` read times through it."""
+    if len(text) > MAX_NUMBER_CHARS and text.lstrip("+-").replace(".", "", 1).isdigit():
+        return None
+    return parse_time(text)
 
 
 def _time(query: Mapping[str, str], name: str) -> int | None:
     text = _text(query, name)
     if text is None:
         return None
-    try:
-        ts = None if len(text) > _MAX_NUMBER_CHARS and text.lstrip("+-").replace(
-            ".", "", 1).isdigit() else parse_time(text)
-    except (ValueError, OverflowError):
-        ts = None
+    ts = time_param(text)
     if ts is None:
         raise QueryError(f"{name}={text!r} is not a time: use ISO 8601 "
                          "(2026-11-22T10:00:00Z) or epoch seconds/ms/us/ns")
