@@ -266,7 +266,7 @@ def _brief(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _bad_text(text: str) -> bool:
+def bad_text(text: str) -> bool:
     """NUL (PostgreSQL's text and jsonb refuse it) or a lone surrogate (not UTF-8: the
     hand-over's encoder refuses it). An ASCII string is checked by one ``in``."""
     if "\x00" in text:
@@ -286,7 +286,7 @@ _INT_MIN, _INT_END = -(2**63), 2**64  # what the hand-over's JSON encoder (orjso
 def _value_problem(value: Any) -> str | None:
     """What a scalar attribute value cannot carry, or None (containers are walked)."""
     if isinstance(value, str):
-        if "\x00" in value or (not value.isascii() and _bad_text(value)):
+        if "\x00" in value or (not value.isascii() and bad_text(value)):
             return "holds a NUL character or a lone surrogate, which the stores cannot keep"
         return None
     if value is None or isinstance(value, bool):
@@ -333,7 +333,7 @@ def _walk_attributes(attributes: dict[str, Any]) -> tuple[Reason, str] | None:
     items = len(attributes)
     for name, value in attributes.items():
         chars += len(name)
-        if "\x00" in name or (not name.isascii() and _bad_text(name)):
+        if "\x00" in name or (not name.isascii() and bad_text(name)):
             return Reason.INVALID_TEXT, (
                 f"attribute {_brief(name)}: its name holds a NUL character or a lone "
                 "surrogate, which the stores cannot keep")
@@ -355,7 +355,7 @@ def _walk_attributes(attributes: dict[str, Any]) -> tuple[Reason, str] | None:
             if isinstance(container, dict):
                 for key in container:
                     chars += len(key)
-                    if "\x00" in key or (not key.isascii() and _bad_text(key)):
+                    if "\x00" in key or (not key.isascii() and bad_text(key)):
                         return Reason.INVALID_TEXT, (
                             f"attribute {_brief(name)} has a key holding a NUL character or "
                             "a lone surrogate, which the stores cannot keep")

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from faust import web
 
+from app.contract import bad_text
 from app.history.query import time_param
 
 #: Longest query or path parameter value: a history cursor of the longest sensor id and
@@ -40,24 +41,14 @@ def check_value(kind: str, name: str, value: str) -> None:
     if len(name) > MAX_NAME_CHARS:
         raise BadRequest(f"{kind} parameter name {shown!r} is longer than "
                          f"{MAX_NAME_CHARS} characters")
-    if not _usable(name):
+    if bad_text(name):
         raise BadRequest(f"{kind} parameter name {shown!r} holds a NUL or a surrogate")
     if len(value) > MAX_PARAM_CHARS:
         raise BadRequest(f"{kind} parameter {shown!r} is longer than {MAX_PARAM_CHARS} "
                          f"characters ({len(value)})")
-    if not _usable(value):
+    if bad_text(value):
         raise BadRequest(f"{kind} parameter {shown!r} holds a NUL or a surrogate "
                          "(percent-encoded bytes that are not UTF-8 text)")
-
-
-def _usable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def check_params(query: Iterable[tuple[str, str]],
