@@ -15,6 +15,7 @@ COPY app ./app
 COPY agents ./agents
 COPY tables ./tables
 COPY sinks ./sinks
+COPY stream ./stream
 COPY web ./web
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /srv/sensorstream sensorstream \

@@ -29,8 +29,8 @@ from prometheus_client import Gauge
 from agents.notify import NOTIFIERS
 from app.main import app, settings
 from app.topics import KAFKA, readings
-from app.transport import log_end_offsets
 from sinks.notifiers import InputAlerts
+from stream.transport import log_end_offsets
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from app.contract import (
 )
 from app.logs import Throttle
 from app.main import app, settings
-from app.reread import Positions
 from app.topics import KAFKA, by_sensor, dead_letters, readings, sensor_partition
-from app.transport import records_of
+from stream.reread import Positions
+from stream.transport import records_of
 from tables.daily import UNATTRIBUTED
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ async def _stop_stage(events: Sequence[EventT], exc: Exception) -> NoReturn:
                  "the worker stops without committing the batch; it is read again after "
                  "the restart", exc_info=exc, extra={"stage": STAGE, **where})
     metrics.stage_failed(STAGE, exc)
-    for event in events:  # done, offsets not acknowledged (app.transport.Consumer)
+    for event in events:  # done, offsets not acknowledged (stream.transport.Consumer)
         app.consumer._drop_ack(event.message)
     await app.crash(exc)
     await asyncio.Event().wait()  # never continue the batch: the worker is stopping
@@ -121,7 +121,7 @@ class Message:
 
 
 def _messages(event: EventT) -> list[Message]:
-    """The input messages an event carries (a bundle of a fetch, app.transport)."""
+    """The input messages an event carries (a bundle of a fetch, stream.transport)."""
     m = event.message
     topic, partition = m.topic, m.partition
     return [Message(Source(topic, partition, r.offset, r.timestamp_ms), r.key, r.value)

@@ -22,9 +22,9 @@ import orjson
 from app.contract import Rejection, Source, dead_letter
 from app.main import app, settings
 from app.topics import anomalies, dead_letters
-from app.transport import records_of
 from sinks import notifiers
 from sinks.notifiers import Failure, Message, Notifier, Outcome, RateLimiter
+from stream.transport import records_of
 
 log = logging.getLogger(__name__)
 

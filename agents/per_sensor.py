@@ -30,7 +30,6 @@ from app.contract import (
 from app.handover import BadHandover, decode_checked
 from app.locations import location_of
 from app.main import app, settings
-from app.reread import read_range
 from app.topics import (
     KAFKA,
     aggregates,
@@ -40,6 +39,7 @@ from app.topics import (
     dead_letters,
     late,
 )
+from stream.reread import read_range
 from tables import fault_rules
 from tables import locations as location_windows
 from tables.anomalies import RECENT, RECENT_DIGITS, Judgement
@@ -95,7 +95,7 @@ async def per_sensor(stream):
 async def _apply_skipped(partition: int, start: int, end: int) -> None:
     """Apply the hand-overs the consumer skipped, read back from the topic. Faust's
     consumer can drop fetched messages around recovery and rebalances and then commit
-    past them; without this their readings would be lost (app/reread.py)."""
+    past them; without this their readings would be lost (stream/reread.py)."""
     where = {"topic": by_sensor.get_topic_name(), "partition": partition, "offset": start,
              "last_offset": end - 1}
     log.warning("the consumer skipped %d hand-overs: reading them back", end - start,

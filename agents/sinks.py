@@ -23,9 +23,7 @@ from faust.types import TP
 from app.contract import Source, dead_letter
 from app.logs import Throttle
 from app.main import app, settings, shutdown
-from app.reread import Positions
 from app.topics import KAFKA, aggregates, anomalies, by_sensor, dead_letters
-from app.transport import records_of
 from sinks.active import DELIVERIES, SINKS, SOURCES, degraded, start_errors, started
 from sinks.base import (
     DEAD_LETTERED,
@@ -42,6 +40,8 @@ from sinks.records import (
     ROWS_OF,
     Dataset,
 )
+from stream.reread import Positions
+from stream.transport import records_of
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,14 @@ from typing import Any
 
 import faust
 
-from app import auth, complete_flush, plugins
+from app import auth, plugins
 from app import settings as _settings
 from app.contract import MAX_RECORD_BYTES
-from app.kafka import faust_credentials
 from app.logs import JsonFormatter, logging_config
 from app.shutdown import Shutdown, drop_unacked
-from app.transport import faust_broker_url
+from stream import flush
+from stream.kafka import faust_credentials
+from stream.transport import faust_broker_url
 from web import guard
 
 
@@ -105,7 +106,7 @@ class App(faust.App):
         await waiting
 
 
-complete_flush.install()
+flush.install()
 
 try:
     settings = _settings.load()

@@ -30,9 +30,9 @@ from faust.types import TableT
 
 from app.contract import Reading, Source, decode_batch
 from app.main import app, settings
-from app.reread import Positions
 from app.topics import KAFKA, sensor_partition
 from app.topics import by_sensor as handovers
+from stream.reread import Positions
 from tables.sensor_state import _ROCKSDB
 
 __all__ = ["NAME_PREFIX", "Delivered", "Reading", "Source", "app", "deliveries",

@@ -7,7 +7,7 @@ work with plain aiokafka clients, so that it can be tested and reasoned about al
   and true log end, the target, and how many messages the group will process again
   (target before its position) or skip (target after it).
 * Targets: an offset, the earliest or latest offset, or a time. "Latest" is the log end
-  from a fetch's high watermark (app.transport): some brokers, this project's Tansu
+  from a fetch's high watermark (stream.transport): some brokers, this project's Tansu
   among them, answer ``ListOffsets(latest)`` with the last batch's base offset + 1.
   A time is turned into "the first offset whose record timestamp is at or after it",
   exactly: the broker's ``offsets_for_times`` answer is only a starting point, then
@@ -34,8 +34,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from app import reread
 from app.contract import format_ts
+from stream import reread
 
 #: Exit statuses of the commands, beside 0 (done) and 2 (a bad argument).
 FAILED = 1
@@ -215,7 +215,7 @@ async def topic_partitions(client: Mapping[str, Any], topics: Iterable[str],
 async def log_ends(client: Mapping[str, Any], consumer: AIOKafkaConsumer,
                    tps: list[TopicPartition]) -> dict[TopicPartition, int]:
     """The true log end of each partition (a fetch's high watermark)."""
-    from app.transport import log_end_offsets
+    from stream.transport import log_end_offsets
 
     listed = await consumer.end_offsets(tps)
     security = {k: v for k, v in client.items() if k != "bootstrap_servers"}

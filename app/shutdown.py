@@ -125,7 +125,7 @@ class Shutdown:
 
 def drop_unacked(consumer: Any) -> int:
     """Mark every message still unacknowledged as done without acknowledging its offsets
-    (``app.transport.Consumer._drop_ack``), so ``wait_empty`` ends and no commit covers
+    (``stream.transport.Consumer._drop_ack``), so ``wait_empty`` ends and no commit covers
     them; returns how many."""
     unacked = [m for m in list(consumer._unacked_messages) if not m.acked]
     for message in unacked:

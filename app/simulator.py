@@ -221,7 +221,7 @@ def messages(plan: Plan, summary: Counter[str], labels: list[Label] | None = Non
 
 async def ensure_topic(kafka: Mapping[str, Any], topic: str, partitions: int) -> None:
     """Create the input topic with its partition count before anything touches it.
-    ``kafka``: the clients' connection options (``app.kafka.client_kwargs``)."""
+    ``kafka``: the clients' connection options (``stream.kafka.client_kwargs``)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -284,7 +284,7 @@ def _start(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from app import settings as settings_mod
-    from app.kafka import client_kwargs
+    from stream.kafka import client_kwargs
 
     parser = argparse.ArgumentParser(prog="sensorstream-simulate", description=__doc__)
     parser.add_argument("--sensors", type=int, default=54, help="motes (54 = the Intel Lab)")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from app import settings as settings_mod
-from app.kafka import client_kwargs
+from stream.kafka import client_kwargs
 
 PG_USER = "sensorstream"
 PG_DATABASE = "sensorstream"
@@ -88,7 +88,7 @@ def _cmdline(pid: int) -> str:
 
 def kafka_answers(bootstrap: str, **security: Any) -> bool:
     """True when a Kafka-protocol broker answers a metadata request; ``security``: the
-    connection's SASL/TLS options (``app.kafka.client_kwargs``) for a broker not ours."""
+    connection's SASL/TLS options (``stream.kafka.client_kwargs``) for a broker not ours."""
     import logging
 
     from aiokafka import AIOKafkaClient

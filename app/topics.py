@@ -12,17 +12,17 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from app.contract import MAX_RECORD_BYTES
-from app.kafka import client_kwargs
 from app.main import app, settings, stop_startup
 from app.settings import PREFIX, SettingError
-from app.transport import BULK_TOPICS
+from stream.kafka import client_kwargs
+from stream.transport import BULK_TOPICS
 
 log = logging.getLogger(__name__)
 
 RETENTION_7D = {"retention.ms": str(7 * 24 * 3600 * 1000), "cleanup.policy": "delete",
                 "max.message.bytes": str(MAX_RECORD_BYTES + 64 * 1024)}
 #: How the service's own clients (re-reads, topic listing) reach the broker, SASL/TLS
-#: included: the same way as the worker's (app.kafka).
+#: included: the same way as the worker's (stream.kafka).
 KAFKA = client_kwargs(settings)
 
 
@@ -95,7 +95,7 @@ by_location = app.topic(f"{settings.app_id}-windows-by-location", value_type=byt
                         config=RETENTION_7D)
 
 
-#: One message per reading or per window: delivered in bundles (app.transport), so
+#: One message per reading or per window: delivered in bundles (stream.transport), so
 #: Faust's per-message cost is paid per fetch. Hand-overs are batches already.
 BULK_TOPICS.update(readings.topics)
 BULK_TOPICS.update((settings.aggregates_topic, settings.anomalies_topic))

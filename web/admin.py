@@ -121,7 +121,7 @@ async def _enforce() -> None:
 
 async def _resume(consumer: Any, tps: set[Any]) -> None:
     """Resume ``tps``, each from the offset after the last bundle delivered to the agents
-    (app.transport): Faust drops the rest of a fetch of a partition paused while it was
+    (stream.transport): Faust drops the rest of a fetch of a partition paused while it was
     being handed over, and would otherwise fetch on past those records."""
     generation = app.consumer_generation_id
     for tp in tps:

@@ -60,9 +60,9 @@ async def load(self: DirectCommand, files: tuple[str, ...], fmt: str, mapping: t
     from app.backfill.mapping import parse_mapping, reserved_names
     from app.backfill.plan import plan_file
     from app.backfill.run import Options, log, run
-    from app.kafka import client_kwargs
     from app.logs import configure
     from app.topics import RETENTION_7D, sensor_partition
+    from stream.kafka import client_kwargs
 
     # Progress and the summary are logged at INFO, below Faust's default level (WARN).
     configure("DEBUG" if str(self.loglevel).lower() == "debug" else "INFO")

@@ -120,7 +120,7 @@ async def replay(self: DirectCommand, topics: tuple[str, ...], chosen: set[int] 
     from aiokafka import TopicPartition
 
     from app import replay as logic
-    from app.kafka import client_kwargs
+    from stream.kafka import client_kwargs
 
     targets = [t for t in (
         logic.Target("earliest") if to_earliest else None,

@@ -70,9 +70,9 @@ async def reprocess(self: DirectCommand, since: int, until: int | None,
     import orjson
 
     from app import reprocess as logic
-    from app.kafka import client_kwargs
     from app.progress import Progress
     from app.replay import ReplayError
+    from stream.kafka import client_kwargs
 
     if until is not None and until < since:
         return fail("reprocess: --until must not be before --since", 2)

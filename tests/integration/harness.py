@@ -247,7 +247,7 @@ async def commits_and_ends(bootstrap: str, group: str, topic: str,
                            ) -> dict[int, tuple[int | None, int]]:
     """Per partition of ``topic``: the offset ``group`` committed (None: none yet) and the
     log end (a fetch's high watermark, FIELD-NOTES)."""
-    from app.transport import log_end_offsets
+    from stream.transport import log_end_offsets
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                 enable_auto_commit=False)

@@ -192,7 +192,7 @@ async def test_a_sink_recovering_from_an_outage_leaves_a_paused_topic_paused(
         await asyncio.to_thread(stack.up)
     await eventually(lambda: worker.get("/ready")[0] == 200, "the sink recovered", 60)
     # Records fetched as the watcher paused are fetched again on its resume (the consumer
-    # seeks back to them: app.transport), not only when their partition's next message
+    # seeks back to them: stream.transport), not only when their partition's next message
     # arrives (they sat unread 60 s before).
     await eventually(lambda: ingested((worker,), other) == len(flowing) + 30,
                      "the readings fetched as the watcher paused ingested", 30)
@@ -227,7 +227,7 @@ async def test_a_pause_under_load_then_a_resume_ingests_every_reading_once(
     every reading ingested once. It stalled in about half the runs: the pause's record to
     the pauses topic (new to the producer) narrowed the producer's metadata to that topic,
     a changelog batch waiting in the producer lost its leader, and every commit waited for
-    it (app.transport.keep_known_topics). The producing is paced so that the pause lands
+    it (stream.transport.keep_known_topics). The producing is paced so that the pause lands
     while fetches, table updates and their changelog batches are in flight."""
     topic, group = app_env["SENSORSTREAM_INPUT_TOPICS"], app_env["SENSORSTREAM_APP_ID"]
     worker = make_worker(SENSORSTREAM_API_TOKENS=TOKENS, SENSORSTREAM_SINKS="none").start()

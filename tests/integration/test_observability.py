@@ -23,7 +23,7 @@ from rocksdict import AccessType, Options, Rdict
 from app.contract import Contract, decode_batch
 from app.settings import load
 from app.simulator import Plan, messages
-from app.transport import log_end_offsets
+from stream.transport import log_end_offsets
 
 from .harness import accounting, counter, eventually, metric_samples, produce, read_all
 
@@ -104,7 +104,7 @@ async def committed_offsets(bootstrap: str, group: str,
 
 
 async def log_ends(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """The log end of each partition from a fetch's high watermark (app.transport)."""
+    """The log end of each partition from a fetch's high watermark (stream.transport)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.transport import log_end_offsets
+from stream.transport import log_end_offsets
 
 from .harness import create_topic
 
@@ -37,6 +37,6 @@ async def test_log_end_offsets_are_right_where_list_offsets_is_not(bootstrap):
     ends = await log_end_offsets(bootstrap, listed)
     assert ends == {TopicPartition(topic, 0): 100, TopicPartition(topic, 1): 0}
     # The broker's own answer. When this fails the broker was fixed or swapped; the
-    # workaround in app.transport is then harmless but may be retired.
+    # workaround in stream.transport is then harmless but may be retired.
     assert listed[TopicPartition(topic, 0)] == 1, (
         "ListOffsets now answers the true log end: Tansu's bug is gone")

@@ -21,8 +21,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from app import settings as settings_mod
-from app.kafka import client_kwargs, faust_credentials
 from app.logs import JsonFormatter, mask_secrets
+from stream.kafka import client_kwargs, faust_credentials
 from tests.pki import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]

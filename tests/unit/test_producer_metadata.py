@@ -1,4 +1,4 @@
-"""The producer's metadata after a send to a topic it did not know (app.transport).
+"""The producer's metadata after a send to a topic it did not know (stream.transport).
 
 aiokafka's client asks the broker for every topic until a send names one missing from its
 metadata; from then on it asks for the topics it tracks only. The pause of an input topic
@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.protocol.metadata import MetadataResponse_v0
 
-from app.transport import keep_known_topics
+from stream.transport import keep_known_topics
 
 KNOWN = ("readings-by-sensor", "state-changelog")
 NEW = "admin-pauses"

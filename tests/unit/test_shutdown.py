@@ -80,7 +80,7 @@ class Message:
 
 
 class Consumer:
-    """What ``drop_unacked`` uses of app.transport's consumer."""
+    """What ``drop_unacked`` uses of stream.transport's consumer."""
 
     def __init__(self, messages: list[Message]) -> None:
         self._unacked_messages = set(messages)

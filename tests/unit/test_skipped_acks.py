@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from app.transport import Bundle, Consumer
+from stream.transport import Bundle, Consumer
 
 TOPIC = "aggregates"
 

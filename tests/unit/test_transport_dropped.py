@@ -1,4 +1,4 @@
-"""Which records of a fetch Faust dropped (app.transport.dropped): a partition paused while
+"""Which records of a fetch Faust dropped (stream.transport.dropped): a partition paused while
 its records were handed over keeps the rest of that fetch only if the consumer seeks back
 to the first one not handed over; the integration tests in tests/integration/test_admin.py
 show the pause and the sink watcher's case on a real broker."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from app.transport import dropped
+from stream.transport import dropped
 
 TP = namedtuple("TP", "topic partition")
 A0, A1, A2, A3 = (TP("a", p) for p in range(4))

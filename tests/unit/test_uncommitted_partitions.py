@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from app import reread
-from app.reread import Positions
-from app.transport import ConsumerThread
+from stream import reread
+from stream.reread import Positions
+from stream.transport import ConsumerThread
 
 AGG = "aggregates"
 CHANGELOG = "app-state-changelog"

@@ -21,7 +21,7 @@ async def read_range(kafka: Mapping[str, Any], topic: str, partition: int, start
     """``(offset, key, value, timestamp_ms)`` of the records from ``start`` up to ``end``
     (exclusive), in order. Offsets that no longer exist (retention) are skipped; the
     caller sees them missing. Raises TimeoutError when the range is not read within ``deadline``.
-    ``kafka``: the clients' connection options (``app.kafka.client_kwargs``)."""
+    ``kafka``: the clients' connection options (``stream.kafka.client_kwargs``)."""
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()

@@ -1,4 +1,4 @@
-"""The producer buffer's flush waits for every message, in order (app.complete_flush).
+"""The producer buffer's flush waits for every message, in order (stream.flush).
 
 A real Faust ProducerBuffer service; only the channel that would hand a message to
 Kafka is a stand-in that takes longer than Faust's 0.1 s per message.
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from faust.transport.producer import ProducerBuffer
 
-from app import complete_flush
+from stream import flush
 
 
 class SlowChannel:
@@ -35,24 +35,24 @@ async def run(flush_with, delay: float = 0.15, n: int = 5) -> tuple[list[int], i
         await flush_with(buffer)
         return list(channel.sent), buffer.size
     finally:
-        await complete_flush.flush(buffer)  # nothing left for stop() to refuse
+        await flush.flush(buffer)  # nothing left for stop() to refuse
         await buffer.stop()
 
 
 async def test_faust_flush_returns_with_messages_unsent():
     """Why the replacement exists: with a slow hand-over, Faust's own flush gives up."""
-    original = complete_flush._original_flush
+    original = flush._original_flush
     sent, left = await run(lambda b: original(b))
     assert len(sent) < 5 and left > 0
 
 
 async def test_flush_waits_for_every_message_in_order():
-    complete_flush.install()
+    flush.install()
     sent, left = await run(lambda b: b.flush())
     assert sent == [0, 1, 2, 3, 4] and left == 0
 
 
 async def test_flush_of_an_empty_buffer_returns():
-    complete_flush.install()
+    flush.install()
     sent, left = await run(lambda b: b.flush(), n=0)
     assert (sent, left) == ([], 0)
