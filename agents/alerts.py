@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from prometheus_client import Gauge
 
@@ -30,7 +29,7 @@ from agents.notify import NOTIFIERS
 from app.main import app, settings
 from app.topics import KAFKA, readings
 from sinks.notifiers import InputAlerts
-from stream.transport import log_end_offsets
+from stream.offsets import GroupLag
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,6 @@ FIRING = Gauge("sensorstream_alert_firing", "1 while an input alert is firing (o
 
 SLA = float(settings.freshness_sla)
 INTERVAL = min(settings.alert_check_interval, SLA / 4 if SLA > 0 else math.inf)
-_SECURITY = {k: v for k, v in KAFKA.items() if k != "bootstrap_servers"}
 
 
 class Watch:
@@ -50,38 +48,23 @@ class Watch:
 
     def __init__(self) -> None:
         self.alerts = InputAlerts(SLA, settings.lag_alert_max)
-        self.consumer: AIOKafkaConsumer | None = None
+        self.lag: GroupLag | None = None
         #: (notifier, alert kind) -> firing, as last delivered
         self.told: dict[tuple[str, str], bool] = {}
         self.active = False
 
     async def measure(self) -> tuple[int, int]:
         """The sum of the input partitions' log ends, and the group's lag over them."""
-        if self.consumer is None:
-            self.consumer = AIOKafkaConsumer(**KAFKA, group_id=settings.app_id,
-                                             enable_auto_commit=False)
-            await self.consumer.start()
-        consumer = self.consumer
-        await consumer.topics()  # fresh metadata: partitions added meanwhile count too
-        tps = [TopicPartition(topic, p) for topic in sorted(readings.topics)
-               for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        ends = await log_end_offsets(KAFKA["bootstrap_servers"],
-                                     await consumer.end_offsets(tps), **_SECURITY)
-        starts = await consumer.beginning_offsets(tps)
-        lag = 0
-        for tp in tps:
-            done = await consumer.committed(tp)
-            if done is None:  # nothing committed: the group starts per OFFSET_RESET
-                done = starts[tp] if settings.offset_reset == "earliest" else ends[tp]
-            lag += max(0, ends[tp] - done)
-        return sum(ends.values()), lag
+        if self.lag is None:
+            self.lag = GroupLag(KAFKA, settings.app_id, settings.offset_reset)
+        return await self.lag.measure(readings.topics)
 
     async def stop(self) -> None:
         self.active = False
         WATCHING.set(0)
-        if self.consumer is not None:
-            await self.consumer.stop()
-            self.consumer = None
+        if self.lag is not None:
+            await self.lag.close()
+            self.lag = None
         self.alerts.reset()
         self.told.clear()
         for kind in ("freshness", "lag"):

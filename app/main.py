@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import shutil
@@ -11,14 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import faust
-
 from app import auth, plugins
 from app import settings as _settings
 from app.contract import MAX_RECORD_BYTES
 from app.logs import JsonFormatter, logging_config
-from app.shutdown import Shutdown, drop_unacked
+from app.shutdown import Shutdown
 from stream import flush
+from stream import worker as stream_worker
+from stream.consumer import drop_unacked
 from stream.kafka import faust_credentials
 from stream.transport import faust_broker_url
 from web import guard
@@ -50,7 +49,7 @@ def rebuild_tables_from_changelogs(tabledir: Path) -> None:
         _dropped.append(str(tabledir))
 
 
-class Worker(faust.Worker):
+class Worker(stream_worker.Worker):
     """The ``worker`` command's worker: only it drops the local tables, and its stop on
     SIGTERM or SIGINT is bounded (``app.shutdown``: the clock starts at the signal).
 
@@ -66,19 +65,16 @@ class Worker(faust.Worker):
         rebuild_tables_from_changelogs(self.app.conf.tabledir)
         await super().on_first_start()
 
-    def _schedule_shutdown(self, sig: signal.Signals) -> None:
+    def on_stop_signal(self, sig: signal.Signals) -> None:
         shutdown.begin(f"signal {sig.name}")
-        super()._schedule_shutdown(sig)
 
-    def _shutdown_loop(self) -> None:
-        """mode's wind-down of the event loop (which re-raises a crash), then the end of
-        the process within the stop's bound (``Shutdown.exit_now``)."""
-        super()._shutdown_loop()
+    def on_loop_shut_down(self) -> None:
+        """The end of the process within the stop's bound (``Shutdown.exit_now``)."""
         if shutdown.started:
             shutdown.exit_now()
 
 
-class App(faust.App):
+class App(stream_worker.App):
     """Faust's App whose stop, in the ``worker`` command, cannot wait forever for
     messages the agents hold."""
 
@@ -86,24 +82,20 @@ class App(faust.App):
         shutdown.begin("stop")
         await super().on_stop()
 
-    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
-        """Faust waits here, at a rebalance and at the stop, until every message an agent
-        was given is acknowledged. At the stop the wait ends with the drain's budget:
-        the sinks stop retrying and the messages still held are dropped unacknowledged,
-        so they are not committed and the next worker reads them again."""
-        if not shutdown.started:
-            await super()._consumer_wait_empty(consumer, logger)
-            return
-        waiting = asyncio.ensure_future(super()._consumer_wait_empty(consumer, logger))
-        done, _ = await asyncio.wait({waiting}, timeout=shutdown.drain_budget())
-        if not done:
-            await shutdown.give_up()
-            dropped = drop_unacked(consumer)
-            logging.getLogger(__name__).warning(
-                "shutdown: messages not stored within the drain's time are not committed; "
-                "they are read again after the restart",
-                extra={"messages": dropped, "shutdown_timeout_s": shutdown.timeout})
-        await waiting
+    def drain_budget(self) -> float | None:
+        """Faust waits, at a rebalance and at the stop, until every message an agent was
+        given is acknowledged. At the stop the wait ends with the drain's budget."""
+        return shutdown.drain_budget() if shutdown.started else None
+
+    async def on_drain_expired(self, consumer: Any) -> None:
+        """The sinks stop retrying and the messages still held are dropped
+        unacknowledged, so they are not committed and the next worker reads them again."""
+        await shutdown.give_up()
+        dropped = drop_unacked(consumer)
+        logging.getLogger(__name__).warning(
+            "shutdown: messages not stored within the drain's time are not committed; "
+            "they are read again after the restart",
+            extra={"messages": dropped, "shutdown_timeout_s": shutdown.timeout})
 
 
 flush.install()
