@@ -9,12 +9,12 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.partitioner import murmur2
 
 from app.contract import MAX_RECORD_BYTES
 from app.main import app, settings, stop_startup
 from app.settings import PREFIX, SettingError
 from stream.kafka import client_kwargs
+from stream.partitioner import partition_for
 from stream.transport import BULK_TOPICS
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ BULK_TOPICS.update((settings.aggregates_topic, settings.anomalies_topic))
 def sensor_partition(sensor_id: str, partitions: int = settings.partitions) -> int:
     """The partition of a sensor: Kafka's default partitioner on the raw id, which is also
     where ``app.table_route`` looks for a table key equal to the sensor id."""
-    return (murmur2(sensor_id.encode()) & 0x7FFFFFFF) % partitions
+    return partition_for(sensor_id.encode(), partitions)
 
 
 if settings.input_pattern:

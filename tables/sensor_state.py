@@ -5,11 +5,12 @@ its keys) in one table, so its changelog keeps the order of the writes."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
-from faust.tables.base import Collection
+from faust.types import TableT
 
 from app.main import app, settings
+from stream.store import active_dbs, partition_db, send_changelog
+from stream.store import local_partitions as _local_partitions
 
 # Raw UTF-8 keys: a table key equal to a sensor id (or a location) is partitioned by
 # Kafka's default partitioner, as app.topics routes them, so app.table_route finds it.
@@ -35,15 +36,15 @@ class TableStore:
 
     Faust's own table writes hand each change to the client one at a time through its
     producer buffer (~100 µs each, docs/performance.md); a batch of readings writes
-    thousands. Sent here as record batches, in the order written, through the same
-    client, within the event that made them: Faust flushes that client before it commits
-    the event's offset, so a change is in the changelog before its input is committed,
-    as with Faust's writes."""
+    thousands. Sent as record batches (``stream.store.send_changelog``), in the order
+    written, through the same client, within the event that made them: Faust flushes
+    that client before it commits the event's offset, so a change is in the changelog
+    before its input is committed, as with Faust's writes."""
 
-    def __init__(self, table: Collection, partition: int) -> None:
+    def __init__(self, table: TableT, partition: int) -> None:
         self.table = table
         self.partition = partition
-        self._db = table.data._db_for_partition(partition)  # type: ignore[attr-defined]
+        self._db = partition_db(table, partition)
         self.changes: list[tuple[bytes, bytes | None]] = []
 
     def get(self, key: str) -> bytes | None:
@@ -66,49 +67,28 @@ class TableStore:
         """Append the changes to the changelog partition (the client sends them on)."""
         if not self.changes:
             return
-        client = app.producer._ensure_producer()  # type: ignore[attr-defined]
-        topic = self.table.changelog_topic.get_topic_name()
-        batch = client.create_batch()
-        for key, value in self.changes:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                batch.close()
-                await client.send_batch(batch, topic, partition=self.partition)
-                batch = client.create_batch()
-                batch.append(key=key, value=value, timestamp=None)  # a first always fits
-        batch.close()
-        last = await client.send_batch(batch, topic, partition=self.partition)
-        count = batch.record_count()
+        await send_changelog(app, self.table, self.partition, self.changes)
         self.changes = []
-        last.add_done_callback(lambda done: self._persisted(done, count))
-
-    def _persisted(self, done: Any, count: int) -> None:
-        # As Faust's own changelog callback: the store remembers how far the changelog
-        # holds it, so recovering this partition again starts from there.
-        if done.cancelled() or done.exception() is not None or done.result() is None:
-            return
-        meta = done.result()
-        self.table.data.set_persisted_offset(  # type: ignore[attr-defined]
-            meta.topic_partition, meta.offset + count - 1)
 
 
-def local_keys(table: Collection, partition: int, start: str = "") -> Iterator[str]:
+def local_keys(table: TableT, partition: int, start: str = "") -> Iterator[str]:
     """Keys of one partition of a RocksDB table from ``start`` on, in sorted order."""
-    db = table.data._db_for_partition(partition)  # type: ignore[attr-defined]
+    db = partition_db(table, partition)
     for key in db.keys(from_key=start.encode()):
         yield key.decode() if isinstance(key, bytes) else key
 
 
-def local_get(table: Collection, partition: int, key: str) -> bytes | None:
+def local_get(table: TableT, partition: int, key: str) -> bytes | None:
     """A key of one partition, read without an event (HTTP views)."""
-    return table.data._db_for_partition(partition).get(key.encode())  # type: ignore[attr-defined]
+    return partition_db(table, partition).get(key.encode())
 
 
-def local_prefixed(table: Collection, prefix: str, partitions: list[int] | None = None,
+def local_prefixed(table: TableT, prefix: str, partitions: list[int] | None = None,
                    ) -> Iterator[tuple[str, bytes]]:
     """``(key, value)`` of the keys starting with ``prefix`` in ``partitions`` (default:
     the partitions this worker serves, actives), partition by partition."""
-    dbs = (table.data._dbs_for_actives() if partitions is None  # type: ignore[attr-defined]
-           else [table.data._db_for_partition(p) for p in partitions])  # type: ignore[attr-defined]
+    dbs = (active_dbs(table) if partitions is None
+           else [partition_db(table, p) for p in partitions])
     for db in dbs:
         for key, value in db.items(from_key=prefix.encode()):
             text = key.decode() if isinstance(key, bytes) else key
@@ -117,7 +97,6 @@ def local_prefixed(table: Collection, prefix: str, partitions: list[int] | None 
             yield text, value
 
 
-def local_partitions(table: Collection) -> list[int]:
+def local_partitions(table: TableT) -> list[int]:
     """The partitions of ``table`` this worker serves (actives)."""
-    topic = table.changelog_topic_name  # type: ignore[attr-defined]
-    return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
+    return _local_partitions(app, table)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 
 from app.backfill.formats import Record, Skip
 from app.backfill.lines import LineStream, Position
 from app.contract import ENVELOPE_FIELD
+from stream.partitioner import partition_for
 
 #: An envelope stays below Kafka's default message size limit (1 MB), whatever the topic.
 MAX_ENVELOPE_BYTES = 900 * 1024
@@ -28,7 +28,7 @@ MAX_ENVELOPE_BYTES = 900 * 1024
 def kafka_partition(sensor_id: str, partitions: int) -> int:
     """Kafka's default partitioner on the sensor id, as ``app.topics.sensor_partition``
     and the simulator's keyed messages place a sensor."""
-    return (murmur2(sensor_id.encode()) & 0x7FFFFFFF) % partitions
+    return partition_for(sensor_id.encode(), partitions)
 
 
 def envelopes(readings: list[dict[str, Any]], size: int,
