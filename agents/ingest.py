@@ -44,6 +44,7 @@ from app.contract import (
 from app.logs import Throttle
 from app.main import app, settings
 from app.topics import KAFKA, by_sensor, dead_letters, readings, sensor_partition
+from stream.consumer import drop_ack
 from stream.reread import Positions
 from stream.transport import records_of
 from tables.daily import UNATTRIBUTED
@@ -107,7 +108,7 @@ async def _stop_stage(events: Sequence[EventT], exc: Exception) -> NoReturn:
                  "the restart", exc_info=exc, extra={"stage": STAGE, **where})
     metrics.stage_failed(STAGE, exc)
     for event in events:  # done, offsets not acknowledged (stream.transport.Consumer)
-        app.consumer._drop_ack(event.message)
+        drop_ack(app.consumer, event.message)
     await app.crash(exc)
     await asyncio.Event().wait()  # never continue the batch: the worker is stopping
     raise AssertionError("unreachable")  # pragma: no cover

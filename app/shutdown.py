@@ -122,12 +122,3 @@ class Shutdown:
                      extra={"shutdown_timeout_s": self.timeout, "exit_code": EXIT_CODE})
         self._exit(EXIT_CODE)  # the stream handlers flushed the line as they wrote it
 
-
-def drop_unacked(consumer: Any) -> int:
-    """Mark every message still unacknowledged as done without acknowledging its offsets
-    (``stream.transport.Consumer._drop_ack``), so ``wait_empty`` ends and no commit covers
-    them; returns how many."""
-    unacked = [m for m in list(consumer._unacked_messages) if not m.acked]
-    for message in unacked:
-        consumer._drop_ack(message)
-    return len(unacked)

@@ -134,7 +134,8 @@ class Stack:
 
     # -- state ---------------------------------------------------------------------------
 
-    def _load(self) -> dict[str, Any]:
+    def load(self) -> dict[str, Any]:
+        """The running stack's state (``stack.json``), empty when none runs."""
         if self.state_file.exists():
             return json.loads(self.state_file.read_text())
         return {}
@@ -156,7 +157,7 @@ class Stack:
     def up(self) -> dict[str, str]:
         """Start what is not running; on failure stop what this call started."""
         with self._locked():
-            state = self._load()
+            state = self.load()
             before = dict(state)
             starters = {"broker": self._broker, "postgres": self._postgres, "s3": self._s3}
             try:
@@ -313,7 +314,7 @@ class Stack:
     def down(self) -> list[str]:
         stopped = []
         with self._locked():
-            state = self._load()
+            state = self.load()
             for name in ("s3", "postgres", "broker"):
                 service = state.get(name)
                 if not service or not service.get("started"):
@@ -328,7 +329,7 @@ class Stack:
         """Stop one service this stack started (an outage, for tests); ``up`` starts it
         again on the same port, with its data (PostgreSQL keeps its data directory)."""
         with self._locked():
-            state = self._load()
+            state = self.load()
             service = state.get(name)
             if not service or not service.get("started"):
                 raise StackError(f"{name} was not started by this stack")
@@ -353,7 +354,7 @@ class Stack:
         wait_until(lambda: not pid_alive(service["pid"]), "PostgreSQL to stop", deadline=30)
 
     def status(self) -> dict[str, Any]:
-        state = self._load()
+        state = self.load()
         return {name: {**svc, "running": (not svc.get("started")) or pid_alive(svc["pid"])}
                 for name, svc in state.items()}
 
@@ -496,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             print(json.dumps(stack.status(), indent=2))
         else:
-            state = stack._load()
+            state = stack.load()
             if not state:
                 raise StackError("no stack is running: `make stack` first")
             for key, value in stack.connection_env(state).items():

@@ -13,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from app.contract import MAX_RECORD_BYTES
 from app.main import app, settings, stop_startup
 from app.settings import PREFIX, SettingError
+from stream.consumer import resubscribe
 from stream.kafka import client_kwargs
 from stream.partitioner import partition_for
 from stream.transport import BULK_TOPICS
@@ -121,6 +122,6 @@ if settings.input_pattern:
         if new:
             readings.topics.extend(new)
             BULK_TOPICS.update(new)
-            app.topics._flag_changes()  # the conductor resubscribes (after its 45 s lock)
+            resubscribe(app)  # the conductor resubscribes (after its 45 s lock)
             log.info("new input topics match the pattern: %s", ", ".join(new),
                      extra={"pattern": settings.input_pattern})

@@ -19,6 +19,13 @@ from app.main import app, settings
 from app.topics import KAFKA, readings
 from sinks.active import SINKS, sink_states, started
 from sinks.lake import LakeSink
+from stream.consumer import (
+    active_partitions,
+    bundle_end,
+    forget_buffered,
+    guard_pauses,
+    paused_partitions,
+)
 from web.group import answer, ask_others, me
 from web.params import BadRequest, bad_request, scope
 
@@ -70,49 +77,28 @@ CONTROL = pauses.Control(pauses.control_topic(settings.app_id), KAFKA,
                          lambda change: _apply(change, "control topic"), lambda: _known())
 
 
-def _guard(consumer: Any) -> None:
-    """Route the consumer's pauses and resumptions through ``HOLDS``, so that nothing
-    (Faust's recovery after a rebalance, the sink watcher after an outage) resumes a
-    partition of a paused topic: it is resumed when the pause is lifted."""
-    if getattr(consumer, "_sensorstream_holds", None) is HOLDS:
-        return
-    resume, pause = consumer.resume_partitions, consumer.pause_partitions
-
-    def resume_partitions(tps: Any) -> None:
-        resume(HOLDS.resumable(tps))
-
-    def pause_partitions(tps: Any) -> None:
-        tps = set(tps)
-        HOLDS.forget(tps)
-        pause(tps)
-
-    consumer.resume_partitions = resume_partitions
-    consumer.pause_partitions = pause_partitions
-    consumer._sensorstream_holds = HOLDS
-
-
 @app.on_rebalance_complete.connect
 async def _before_resume(_app: object, **_kwargs: object) -> None:
     """Sent before Faust resumes the assigned partitions, at every rebalance."""
-    _guard(app.consumer)
+    guard_pauses(app.consumer, HOLDS)
 
 
 async def _enforce() -> None:
     """Pause this worker's running partitions of held topics; resume the withheld ones
     whose hold lifted."""
     consumer = app.consumer
-    _guard(consumer)
+    guard_pauses(consumer, HOLDS)
     try:
         assignment = consumer.assignment()
     except Exception:  # not started yet: the rebalance hook applies the holds
         return
     running = {tp for tp in assignment
-               if HOLDS.held(tp.topic) and tp not in consumer._paused_partitions}
+               if HOLDS.held(tp.topic) and tp not in paused_partitions(consumer)}
     if running:
         consumer.pause_partitions(running)
         # A partition Faust marked buffer-full would be fetched again once its buffer
         # drains (Consumer.on_buffer_drop), paused or not.
-        consumer._buffered_partitions.difference_update(running)
+        forget_buffered(consumer, running)
         HOLDS.withheld |= running  # to resume when the pause is lifted
     free = HOLDS.releasable(assignment)
     if free:
@@ -125,9 +111,9 @@ async def _resume(consumer: Any, tps: set[Any]) -> None:
     being handed over, and would otherwise fetch on past those records."""
     generation = app.consumer_generation_id
     for tp in tps:
-        end = getattr(consumer, "_bundle_end", {}).get(tp)
-        if end is not None and end[1] == generation:
-            await consumer.seek(tp, end[0])
+        end = bundle_end(consumer, tp, generation)
+        if end is not None:
+            await consumer.seek(tp, end)
     if app.consumer_generation_id == generation:  # else the rebalance resumes them
         consumer.resume_partitions(tps & consumer.assignment())
 
@@ -159,7 +145,7 @@ def _held_partitions() -> dict[str, list[int]]:
         return {}
     held: dict[str, list[int]] = {}
     for tp in sorted(assignment):
-        if HOLDS.held(tp.topic) and tp not in consumer._get_active_partitions():
+        if HOLDS.held(tp.topic) and tp not in active_partitions(consumer):
             held.setdefault(tp.topic, []).append(tp.partition)
     return held
 

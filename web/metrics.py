@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from app.main import app
 from app.topics import KAFKA
+from stream.consumer import progress
 
 log = logging.getLogger(__name__)
 
@@ -104,29 +105,22 @@ def consumer_lag() -> dict[TP, int]:
     neither has no lag yet. Read from memory only: the aiokafka consumer runs in Faust's
     consumer thread; its state is only read here.
     """
-    consumer = app.consumer
-    client = getattr(getattr(consumer, "_thread", None), "_consumer", None)
-    if client is None:
+    now = progress(app.consumer)
+    if now is None:
         return {}
-    committed = consumer._committed_offset  # type: ignore[attr-defined]
-    assignment = client._subscription.subscription
-    states = assignment.assignment if assignment is not None else None
     fetched = log_ends.ends
     lags: dict[TP, int] = {}
-    for tp in list(client.assignment()):
+    for tp in now.assignment():
         if not _consumed(tp):
             continue
         try:
-            own = client.highwater(tp)
+            own = now.highwater(tp)
         except AssertionError:  # revoked meanwhile
             continue
         ends = [e for e in (own, fetched.get(TP(tp.topic, tp.partition))) if e is not None]
         if not ends:
             continue
-        done = committed.get(tp)  # .get: the defaultdict must not grow here
-        if done is None and states is not None:
-            state = states.state_value(tp)
-            done = state.position if state is not None and state.has_valid_position else None
+        done = now.done(tp)
         if done is None:
             continue
         lags[TP(tp.topic, tp.partition)] = max(0, max(ends) - done)

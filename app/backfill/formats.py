@@ -134,13 +134,14 @@ class CsvRecords:
         self.sensor, self.ts = index[mapping.sensor], index[mapping.ts]
         self.metrics = [(name, index[c]) for name, c in mapping.metrics]
         self.attributes = [(name, index[c]) for name, c in mapping.attributes]
-        self._bad_utf8 = False
+        #: Whether the row being read has a line that is not UTF-8 (``_csv_text`` sets it).
+        self.bad_utf8 = False
 
     def __iter__(self) -> Iterator[Record]:
         reader = csv.reader(_csv_text(self), delimiter=self.delimiter)
         width, sensor_at, ts_at = self.width, self.sensor, self.ts
         while True:
-            self._bad_utf8 = False
+            self.bad_utf8 = False
             try:
                 row = next(reader)
             except StopIteration:
@@ -148,7 +149,7 @@ class CsvRecords:
             except csv.Error:
                 yield Skip.BAD_CSV
                 continue
-            if self._bad_utf8:
+            if self.bad_utf8:
                 yield Skip.NOT_UTF8
                 continue
             if len(row) != width:
@@ -188,7 +189,7 @@ def _csv_text(records: CsvRecords) -> Iterator[str]:
         try:
             yield raw.decode("utf-8")
         except UnicodeDecodeError:
-            records._bad_utf8 = True
+            records.bad_utf8 = True
             yield raw.decode("utf-8", "replace")
 
 

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from app.shutdown import EXIT_CODE, Shutdown, drop_unacked
+from app.shutdown import EXIT_CODE, Shutdown
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,30 +71,6 @@ def test_give_up_runs_each_callback_once_even_when_one_fails():
     asyncio.run(shutdown.give_up())
     asyncio.run(shutdown.give_up())
     assert calls == ["failing", "stop"]
-
-
-class Message:
-    def __init__(self, offset: int, acked: bool = False) -> None:
-        self.offset = offset
-        self.acked = acked
-
-
-class Consumer:
-    """What ``drop_unacked`` uses of stream.transport's consumer."""
-
-    def __init__(self, messages: list[Message]) -> None:
-        self._unacked_messages = set(messages)
-
-    def _drop_ack(self, message: Message) -> None:
-        message.acked = True
-        self._unacked_messages.discard(message)
-
-
-def test_drop_unacked_marks_held_messages_done_without_acknowledging_them():
-    held, done = Message(5), Message(3, acked=True)
-    consumer = Consumer([held, done])
-    assert drop_unacked(consumer) == 1
-    assert held.acked and consumer._unacked_messages == {done}
 
 
 def test_the_watchdog_ends_a_process_whose_main_thread_is_stuck():
