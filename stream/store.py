@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from faust.types import AppT, TableT
+from faust.types import AppT, CollectionT, TableT
 
 
 def partition_db(table: TableT, partition: int) -> Any:
@@ -27,6 +27,14 @@ def partition_db(table: TableT, partition: int) -> Any:
 def active_dbs(table: TableT) -> Iterable[Any]:
     """The RocksDB handles of the partitions of ``table`` this worker serves (actives)."""
     return table.data._dbs_for_actives()  # type: ignore[attr-defined]
+
+
+def open_dbs(table: CollectionT) -> dict[int, Any]:
+    """partition -> RocksDB handle of every partition of ``table`` open on this worker
+    (actives and standbys; the store's ``_dbs``), without opening any; empty for a table
+    not kept in RocksDB. Faust may close and reopen a partition at a rebalance: look a
+    handle up again rather than keep it across an ``await``."""
+    return getattr(table.data, "_dbs", None) or {}
 
 
 def local_partitions(app: AppT, table: TableT) -> list[int]:

@@ -16,7 +16,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition
 
 from stream.partitioner import partition_for
-from stream.store import active_dbs, local_partitions, partition_db, send_changelog
+from stream.store import active_dbs, local_partitions, open_dbs, partition_db, send_changelog
 
 TOPIC = "app-state-changelog"
 
@@ -55,6 +55,7 @@ class Client:
 class Data:
     def __init__(self) -> None:
         self.dbs = {0: {"p": 0}, 1: {"p": 1}, 2: {"p": 2}}
+        self._dbs = self.dbs
         self.persisted: list[tuple[TopicPartition, int]] = []
 
     def _db_for_partition(self, partition: int) -> dict:
@@ -82,6 +83,8 @@ def test_partition_dbs_and_local_partitions():
     assert partition_db(table, 1) == {"p": 1}
     assert list(active_dbs(table)) == [{"p": 1}, {"p": 2}]
     assert local_partitions(app, table) == [0, 2]
+    assert open_dbs(table) == table.data.dbs
+    assert open_dbs(SimpleNamespace(data=SimpleNamespace())) == {}  # not a RocksDB store
 
 
 async def test_send_changelog_in_order_in_batches_then_persisted_offset():
