@@ -45,7 +45,7 @@ from app.logs import Throttle
 from app.main import app, settings
 from app.topics import KAFKA, by_sensor, dead_letters, readings, sensor_partition
 from stream.consumer import drop_ack
-from stream.reread import Positions
+from stream.guard import SkipGuard
 from stream.transport import records_of
 from tables.daily import UNATTRIBUTED
 
@@ -131,13 +131,7 @@ def _messages(event: EventT) -> list[Message]:
 
 #: The next input offset this process expects per input partition: a message past it
 #: shows that the consumer skipped some (docs/windows.md, invariant 6).
-_positions = Positions(KAFKA, settings.app_id, settings.offset_reset)
-
-
-@app.on_partitions_assigned.connect
-async def _positions_reset(_app: object, *_args: object, **_kwargs: object) -> None:
-    """After a rebalance the consumer starts again from the committed offsets."""
-    _positions.reset()
+_guard = SkipGuard.for_stage(app, KAFKA, settings.app_id, settings.offset_reset)
 
 
 async def _with_skipped(messages: list[Message]) -> list[Message]:
@@ -147,7 +141,7 @@ async def _with_skipped(messages: list[Message]) -> list[Message]:
         firsts.setdefault((message.source.topic, message.source.partition),
                           message.source.offset)
     skipped: list[Message] = []
-    async for topic, partition, offset, key, value, ts in _positions.skipped(firsts):
+    async for topic, partition, offset, key, value, ts in _guard.skipped(firsts):
         skipped.append(Message(Source(topic, partition, offset, ts), key, value))
     if skipped:
         runs: dict[tuple[str, int], list[int]] = {}
@@ -165,8 +159,8 @@ async def _with_skipped(messages: list[Message]) -> list[Message]:
 
 def _advance(messages: list[Message]) -> None:
     for message in messages:
-        _positions.advance(message.source.topic, message.source.partition,
-                           message.source.offset)
+        _guard.advance(message.source.topic, message.source.partition,
+                       message.source.offset)
 
 
 Item = tuple[Reading, Source, int]

@@ -39,7 +39,7 @@ from app.topics import (
     dead_letters,
     late,
 )
-from stream.reread import read_range
+from stream.guard import Gap, SkipGuard
 from tables import fault_rules
 from tables import locations as location_windows
 from tables.anomalies import RECENT, RECENT_DIGITS, Judgement
@@ -80,30 +80,39 @@ FAULTS = fault_rules.parse(settings.fault_rules)
 DAY_RETENTION_S = max(size.retention for size in settings.windows)
 
 
+def _next_offset(_topic: str, partition: int) -> int | None:
+    """The hand-over offset the partition's state expects next (tables.windows)."""
+    return windows.batch(TableStore(state, partition), partition).next_offset
+
+
+#: Notices hand-overs the consumer skipped, against the offset stored with the state.
+_guard = SkipGuard.for_stage(app, KAFKA, settings.app_id, settings.offset_reset,
+                             expected=_next_offset)
+
+
 @app.agent(by_sensor, name="per-sensor")
 async def per_sensor(stream):
     for topic in (late, aggregates, anomalies, by_location, dead_letters):
         await topic.maybe_declare()
     async for event in stream.events():
         partition, offset = event.message.partition, event.message.offset
-        expected = windows.batch(TableStore(state, partition), partition).next_offset
-        if expected is not None and offset > expected:
-            await _apply_skipped(partition, expected, offset)
+        for gap in await _guard.gaps({(by_sensor.get_topic_name(), partition): offset}):
+            await _apply_skipped(gap)
         await apply_batch(partition, event.value, offset)
 
 
-async def _apply_skipped(partition: int, start: int, end: int) -> None:
+async def _apply_skipped(gap: Gap) -> None:
     """Apply the hand-overs the consumer skipped, read back from the topic. Faust's
     consumer can drop fetched messages around recovery and rebalances and then commit
-    past them; without this their readings would be lost (stream/reread.py)."""
-    where = {"topic": by_sensor.get_topic_name(), "partition": partition, "offset": start,
+    past them; without this their readings would be lost (stream/guard.py)."""
+    partition, start, end = gap.partition, gap.start, gap.end
+    where = {"topic": gap.topic, "partition": partition, "offset": start,
              "last_offset": end - 1}
     log.warning("the consumer skipped %d hand-overs: reading them back", end - start,
                 extra=where)
     applied = 0
-    async for offset, _key, value, _ts in read_range(KAFKA, by_sensor.get_topic_name(),
-                                                     partition, start, end):
-        await apply_batch(partition, value, offset)
+    async for skipped in _guard.read(gap):
+        await apply_batch(partition, skipped.value, skipped.offset)
         applied += 1
     metrics.HANDOVERS_REFETCHED.labels(str(partition)).inc(applied)
     if applied < end - start:

@@ -40,7 +40,7 @@ from sinks.records import (
     ROWS_OF,
     Dataset,
 )
-from stream.reread import Positions
+from stream.guard import SkipGuard
 from stream.transport import records_of
 
 log = logging.getLogger(__name__)
@@ -137,14 +137,14 @@ async def _stop_retrying() -> None:
 shutdown.on_give_up(_stop_retrying)
 
 
-_positions = {name: Positions(KAFKA, settings.app_id, settings.offset_reset)
-              for name in SOURCES}
+#: Per dataset, the guard against offsets its consumer skipped (docs/windows.md,
+#: invariant 6).
+_guards = {name: SkipGuard.for_stage(app, KAFKA, settings.app_id, settings.offset_reset)
+           for name in SOURCES}
 
 
 @app.on_partitions_assigned.connect
 async def _on_assigned(_app: object, *_args: object, **_kwargs: object) -> None:
-    for positions in _positions.values():
-        positions.reset()
     for sink in SINKS:
         adopt = getattr(sink, "adopt_open_periods", None)
         if adopt is not None and started.is_set():
@@ -185,12 +185,12 @@ async def _consume(stream: Any, dataset: Dataset,
     """Feed one topic's messages to its delivery; ack each once the sinks have it."""
     await started.wait()
     delivery = DELIVERIES[dataset.name]
-    positions = _positions[dataset.name]
+    guard = _guards[dataset.name]
     async for event in stream.noack().events():
         message = event.message
         topic, partition = message.topic, message.partition
         records = records_of(message)
-        async for _t, _p, offset, key, value, ts in positions.skipped(
+        async for _t, _p, offset, key, value, ts in guard.skipped(
                 {(topic, partition): records[0].offset}):
             log.warning("the consumer skipped a message: read it back", extra={
                 "topic": topic, "partition": partition, "offset": offset})
@@ -203,7 +203,7 @@ async def _consume(stream: Any, dataset: Dataset,
                                                          r.timestamp_ms), r.key, r.value)
         await delivery.add(partition, rows, event.ack, topic,
                            (records[0].offset, records[-1].offset))
-        positions.advance(topic, partition, records[-1].offset)
+        guard.advance(topic, partition, records[-1].offset)
 
 
 if SINKS:

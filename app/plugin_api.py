@@ -22,7 +22,6 @@ readings sink: a hand-over's offset is committed only once every one of them is 
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NamedTuple
 
@@ -32,7 +31,7 @@ from app.contract import Reading, Source, decode_batch
 from app.main import app, settings
 from app.topics import KAFKA, sensor_partition
 from app.topics import by_sensor as handovers
-from stream.reread import Positions
+from stream.guard import SkipGuard
 from tables.sensor_state import _ROCKSDB
 
 __all__ = ["NAME_PREFIX", "Delivered", "Reading", "Source", "app", "deliveries",
@@ -71,17 +70,6 @@ def _unpack(value: bytes, partition: int, offset: int) -> Iterator[Delivered]:
         yield Delivered(reading, source, at, partition, offset, index)
 
 
-#: The positions of every running ``deliveries``: reset when partitions are assigned.
-_positions: weakref.WeakSet[Positions] = weakref.WeakSet()
-
-
-@app.on_partitions_assigned.connect
-async def _reset_positions(_app: object, *_args: object, **_kwargs: object) -> None:
-    """After a rebalance the consumer starts again from the committed offsets."""
-    for positions in list(_positions):
-        positions.reset()
-
-
 async def deliveries(stream: Any) -> AsyncIterator[Delivered]:
     """The readings of an agent's stream over ``handovers``, in order per partition.
 
@@ -90,13 +78,12 @@ async def deliveries(stream: Any) -> AsyncIterator[Delivered]:
     write that made is in the changelog). Hand-overs Faust's consumer skipped around a
     rebalance are read back from the broker first, as the built-in stages do.
     """
-    positions = Positions(KAFKA, settings.app_id, settings.offset_reset)
-    _positions.add(positions)
+    guard = SkipGuard.for_stage(app, KAFKA, settings.app_id, settings.offset_reset)
     topic = handovers.get_topic_name()
     async for event in stream.events():
         message = event.message
         partition, offset = message.partition, message.offset
-        async for _t, _p, skipped, _key, value, _ts in positions.skipped(
+        async for _t, _p, skipped, _key, value, _ts in guard.skipped(
                 {(topic, partition): offset}):
             log.warning("the consumer skipped a hand-over: read it back",
                         extra={"partition": partition, "offset": skipped})
@@ -104,7 +91,7 @@ async def deliveries(stream: Any) -> AsyncIterator[Delivered]:
                 yield delivered
         for delivered in _unpack(event.value, partition, offset):
             yield delivered
-        positions.advance(topic, partition, offset)
+        guard.advance(topic, partition, offset)
 
 
 async def readings(stream: Any) -> AsyncIterator[Reading]:

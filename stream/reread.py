@@ -1,9 +1,10 @@
 """Read a range of one partition straight from the broker, outside the consumer group.
 
-Both stages use it to process messages that Faust's consumer skipped: its bookkeeping
-can commit past messages it dropped around recovery and rebalances. The per-sensor
-stage notices because it stores the next offset it expects (tables.windows); the
-ingest stage compares with the group's committed offsets and its own position.
+The stages use it, through ``stream.guard.SkipGuard``, to process messages that Faust's
+consumer skipped: its bookkeeping can commit past messages it dropped around recovery
+and rebalances. The per-sensor stage notices because it stores the next offset it
+expects (tables.windows); the other stages compare with the group's committed offsets
+and their own position. ``app.replay`` reads committed offsets through it too.
 """
 
 from __future__ import annotations
@@ -63,52 +64,3 @@ async def committed_offsets(kafka: Mapping[str, Any], group: str, tps: list[tupl
         return found
     finally:
         await consumer.stop()
-
-
-class Positions:
-    """The next offset a stage expects per partition, to notice what the consumer
-    skipped: Faust's consumer can drop fetched messages around recovery and rebalances
-    and then commit past them. Reset it when partitions are assigned.
-
-    A partition's expected offset starts at the group's committed offset. Where the group
-    never committed one, ``offset_reset`` says where its consumer starts: ``"earliest"``,
-    the log start, so that records skipped before the first delivered one are read back
-    too (a worker killed before its first commit of a partition left exactly that);
-    otherwise (``"latest"``, None) the first delivered record.
-    """
-
-    def __init__(self, kafka: Mapping[str, Any], group: str,
-                 offset_reset: str | None = None) -> None:
-        self.kafka = kafka
-        self.group = group
-        self.offset_reset = offset_reset
-        self._expected: dict[tuple[str, int], int] = {}
-
-    def reset(self) -> None:
-        self._expected.clear()
-
-    async def skipped(self, firsts: dict[tuple[str, int], int],
-                      ) -> AsyncIterator[tuple[str, int, int, bytes | None, bytes | None,
-                                               int | None]]:
-        """``(topic, partition, offset, key, value, timestamp_ms)`` of each message
-        between the expected offset and ``firsts`` (the first offset now delivered per
-        partition), read back from the broker."""
-        unknown = [tp for tp in firsts if tp not in self._expected]
-        if unknown:
-            committed = await committed_offsets(self.kafka, self.group, unknown,
-                                                log_start=self.offset_reset == "earliest")
-            for tp in unknown:
-                self._expected[tp] = committed.get(tp, firsts[tp])
-        for (topic, partition), first in firsts.items():
-            start = self._expected[topic, partition]
-            if first > start:
-                async for offset, key, value, ts in read_range(self.kafka, topic,
-                                                               partition, start, first):
-                    yield topic, partition, offset, key, value, ts
-
-    def expected(self, topic: str, partition: int) -> int | None:
-        return self._expected.get((topic, partition))
-
-    def advance(self, topic: str, partition: int, offset: int) -> None:
-        tp = (topic, partition)
-        self._expected[tp] = max(self._expected.get(tp, 0), offset + 1)

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from stream import reread
-from stream.reread import Positions
+from stream.guard import SkipGuard
 from stream.transport import ConsumerThread
 
 AGG = "aggregates"
@@ -139,16 +139,16 @@ def broker(monkeypatch):
     monkeypatch.setattr(reread, "AIOKafkaConsumer", BrokerConsumer)
 
 
-async def skipped(positions: Positions, first: int) -> list[int]:
-    return [offset async for _t, _p, offset, *_ in positions.skipped({(AGG, 2): first})]
+async def skipped(guard: SkipGuard, first: int) -> list[int]:
+    return [offset async for _t, _p, offset, *_ in guard.skipped({(AGG, 2): first})]
 
 
 async def test_the_skip_check_of_a_never_committed_partition_counts_from_the_log_start(broker):
-    positions = Positions({}, "group", offset_reset="earliest")
-    assert await skipped(positions, 936) == list(range(0, 936))
-    positions.advance(AGG, 2, 1351)
-    assert await skipped(positions, 1352) == []
+    guard = SkipGuard({}, "group", offset_reset="earliest")
+    assert await skipped(guard, 936) == list(range(0, 936))
+    guard.advance(AGG, 2, 1351)
+    assert await skipped(guard, 1352) == []
 
 
 async def test_with_offset_reset_latest_it_counts_from_the_first_record_delivered(broker):
-    assert await skipped(Positions({}, "group", offset_reset="latest"), 936) == []
+    assert await skipped(SkipGuard({}, "group", offset_reset="latest"), 936) == []
