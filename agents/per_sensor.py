@@ -9,6 +9,7 @@ a crash a seal is repeated (and emitted again), never stored without its output.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ from tables import locations as location_windows
 from tables.anomalies import RECENT, RECENT_DIGITS, Judgement
 from tables.baseline import Rules
 from tables.daily import DAY, DAY_DIGITS, DAY_S, Days
-from tables.sensor_state import TableStore, local_keys, state
+from tables.sensor_state import TableStore, local_keys, local_partitions, state
 from tables.stats import Sketching
 from tables.windows import (
     LATEST,
@@ -121,16 +122,28 @@ async def _apply_skipped(gap: Gap) -> None:
                   extra=where)
 
 
+#: One batch or silence check of a partition at a time: the wall clock's check
+#: (``silence_by_wall_clock``) runs between the agent's awaits.
+_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+
 async def apply_batch(partition: int, value: bytes, offset: int) -> None:
+    async with _locks[partition]:
+        await _apply_batch(partition, value, offset)
+
+
+async def _apply_batch(partition: int, value: bytes, offset: int) -> None:
     store = TableStore(state, partition)
     days = Days(store, RULES.ranges)
     batch = windows.batch(store, partition, days)
     batch.delivered(offset)
     handover = await _decoded(partition, value, offset)
-    judgement = Judgement(store, RULES, FAULTS, days)
+    judgement = Judgement(store, RULES, FAULTS, days, settings.silent_after,
+                          batch.typical_interval)
     for reading, source, _ingested_at in handover.rows:
+        previous = batch.last_seen(reading.sensor_id)
         batch.add(reading, source)
-        judgement.observe(reading, batch.latest_values(reading.sensor_id))
+        judgement.observe(reading, batch.latest_values(reading.sensor_id), previous)
         _check_silence(batch, judgement, partition)  # a batch can span minutes
     batch.announce(handover.watermarks)
     if handover.dead_letters:
@@ -159,6 +172,7 @@ async def apply_batch(partition: int, value: bytes, offset: int) -> None:
     _expire(store, partition, batch.part["newest"])
     _count(batch)
     await store.send_changes()
+    _follow_liveness(partition, batch.part["newest"])
 
 
 async def _decoded(partition: int, value: bytes | None, offset: int) -> Handover:
@@ -188,6 +202,64 @@ async def _decoded(partition: int, value: bytes | None, offset: int) -> Handover
             "topic": topic, "partition": partition, "offset": offset, "reason": str(reason),
             "reading_index": index})
     return handover
+
+
+#: Per live partition (its newest reading within ``LIVE_US`` of the wall clock when a
+#: batch brought it): that reading time and the wall clock then. A replay or a backlog
+#: is not live: its silences are found in event time only.
+_live: dict[int, tuple[int, int]] = {}
+LIVE_US = 60_000_000
+
+
+def _follow_liveness(partition: int, newest: int) -> None:
+    wall = now_us()
+    if newest and wall - newest <= LIVE_US:
+        _live[partition] = (newest, wall)
+    else:
+        _live.pop(partition, None)
+
+
+@app.timer(SILENCE_SCAN_US / 3e6)
+async def silence_by_wall_clock() -> None:
+    """While input is live, sensors are judged silent by the wall clock too: a partition
+    whose every sensor went quiet gets no batch to move its event time on. Its event
+    time is taken to move with the wall clock from its last live batch."""
+    if app.in_recovery:
+        return
+    mine = set(local_partitions(state))
+    for partition, (newest, at) in list(_live.items()):
+        if partition not in mine:
+            _live.pop(partition, None)
+            continue
+        now = newest + (now_us() - at)
+        if now - _silence_scanned.get(partition, 0) < SILENCE_SCAN_US:
+            continue
+        async with _locks[partition]:
+            try:
+                await _check_quiet_partition(partition, now)
+            except Exception as exc:  # revoked meanwhile, store closed: the next batch checks
+                log.warning("silence check by the wall clock failed: %s", str(exc)[:300],
+                            extra={"partition": partition})
+
+
+async def _check_quiet_partition(partition: int, now: int) -> None:
+    store = TableStore(state, partition)
+    days = Days(store, RULES.ranges)
+    batch = windows.batch(store, partition, days)
+    judgement = Judgement(store, RULES, FAULTS, days)
+    _silence_scanned[partition] = now
+    judgement.check_silence(_sensors(batch, partition), now, settings.silent_after)
+    if not judgement.events:
+        return
+    for anomaly in judgement.events:
+        await anomalies.send(key=anomaly["sensor_id"].encode(), value=orjson.dumps(anomaly))
+        metrics.ANOMALIES.labels(anomaly["detector"], anomaly["severity"]).inc()
+    await app.producer.flush()  # the events are durable before the state says "reported"
+    judgement.write()
+    days.write()
+    for anomaly in judgement.events:
+        _expiry.wrote((partition, app.consumer_generation_id, RECENT), parse_time(anomaly["ts"]))
+    await store.send_changes()
 
 
 def _check_silence(batch: Batch, judgement: Judgement, partition: int) -> None:

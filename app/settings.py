@@ -565,8 +565,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("STUCK_EXEMPT", "light", _name_list,
          "Metrics that may rest at one value (light is 0 all night)."),
     Spec("SILENT_AFTER", "3", _fraction(1.0, 1000.0),
-         "A sensor is silent once its partition's event time is this many of its "
-         "typical intervals past its last reading; it recovers when it reports again."),
+         "A sensor is silent once it has sent nothing for this many of its typical "
+         "intervals (event time; while input is live, the wall clock too); it recovers "
+         "when it reports again."),
     Spec("FAULT_RULES", fault_rules.DEFAULT, _fault_rules,
          "Cross-metric faults on a sensor's latest values: `name: condition; ...`, "
          "comparisons joined by `&`, `|` and parentheses."),

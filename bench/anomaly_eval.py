@@ -92,12 +92,14 @@ def run_offline(readings: int, rate: float, seed: int,
     events: list[dict] = []
     newest = 0
     for n, (_ts, _key, value) in enumerate(messages(plan, Counter(), labels)):
-        judgement = Judgement(store, rules, faults)
+        judgement = Judgement(store, rules, faults, None, settings.silent_after,
+                              lambda _sensor: int(INTERVAL_S * 1e6))
         for reading in contract.parse(value).readings:
             latest[reading.sensor_id].update(reading.metrics)
-            last_seen[reading.sensor_id] = max(last_seen.get(reading.sensor_id, 0), reading.ts)
+            previous = last_seen.get(reading.sensor_id)
+            last_seen[reading.sensor_id] = max(previous or 0, reading.ts)
             newest = max(newest, reading.ts)
-            judgement.observe(reading, latest[reading.sensor_id])
+            judgement.observe(reading, latest[reading.sensor_id], previous)
         if n % 50 == 0:  # about every 30 s of event time, as the worker looks
             judgement.check_silence(((s, t, int(INTERVAL_S * 1e6)) for s, t in
                                      last_seen.items()), newest, settings.silent_after)

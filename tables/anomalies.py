@@ -17,7 +17,7 @@ before the records are written (agents.per_sensor), so a crash can repeat an eve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -40,11 +40,17 @@ class Judgement:
     """The anomalies of one batch; ``write`` stores what the batch learned."""
 
     def __init__(self, store: Store, rules: Rules, faults: list[FaultRule],
-                 days: Days | None = None) -> None:
+                 days: Days | None = None, silent_after: float | None = None,
+                 interval_of: Callable[[str], int | None] | None = None) -> None:
         self.store = store
         self.rules = rules
         self.faults = faults
         self.days = days  #: counts the events per sensor and day (tables.daily), if kept
+        #: Gaps over ``silent_after`` typical intervals (``interval_of(sensor)``) are
+        #: reported when the sensor reports again (``observe`` with ``previous``).
+        self.silent_after = silent_after
+        self.interval_of = interval_of
+        self._intervals: dict[str, int | None] = {}
         self.events: list[dict[str, Any]] = []
         self._records: dict[str, dict[str, Any] | None] = {}
         self._dirty: dict[str, None] = {}
@@ -58,19 +64,40 @@ class Judgement:
     def check_silence(self, sensors: Iterable[tuple[str, int, int | None]], now: int,
                       after: float) -> None:
         """Report each of ``(sensor, last_seen, typical interval)`` whose last reading is
-        more than ``after`` intervals before ``now`` (the partition's event time), once."""
+        more than ``after`` intervals before ``now``, once: while its gap is still open."""
         for sensor_id, last_seen, interval in sensors:
-            if not interval or now - last_seen <= after * interval:
-                continue
-            key = SILENT + sensor_id
-            if self._record(key, None) is not None:
-                continue
-            self._records[key] = {"last_seen": last_seen, "at": now}
-            self._dirty[key] = None
-            self._raise(sensor_id, None, now, None, Finding(
-                "silent", "medium", f"no reading since {format_ts(last_seen)}: "
-                f"{(now - last_seen) / 1e6:g} s, over {after:g} times its typical "
-                f"interval of {interval / 1e6:g} s"))
+            if interval and now - last_seen > after * interval:
+                self._silent(sensor_id, last_seen, interval, after, now)
+
+    def _silent(self, sensor_id: str, last_seen: int, interval: int, after: float,
+                now: int) -> None:
+        """A silence, unless already reported. Its event is the same whoever finds it
+        (the scan of an open gap, or the sensor's next reading closing it) and whenever:
+        timed when the gap passed ``after`` intervals, with the gap's start in its
+        reason, so a replay reports the same silences as the live run."""
+        key = SILENT + sensor_id
+        if self._record(key, None) is not None:
+            return
+        self._records[key] = {"last_seen": last_seen, "at": now}
+        self._dirty[key] = None
+        self._raise(sensor_id, None, last_seen + int(after * interval), None, Finding(
+            "silent", "medium", f"no reading since {format_ts(last_seen)}: over {after:g} "
+            f"times its typical interval of {interval / 1e6:g} s"))
+
+    def _gap(self, reading: Reading, previous: int | None) -> None:
+        """A gap the sensor's ``reading`` closes: a silence no scan saw (the rest of its
+        partition was quiet too, or the gap closed between two scans) is reported now;
+        then the sensor has ``recovered``."""
+        sensor_id = reading.sensor_id
+        if (self.silent_after is not None and previous is not None
+                and reading.ts > previous and self._record(SILENT + sensor_id, None) is None):
+            if sensor_id not in self._intervals:
+                self._intervals[sensor_id] = (self.interval_of(sensor_id)
+                                              if self.interval_of is not None else None)
+            interval = self._intervals[sensor_id]
+            if interval and reading.ts - previous > self.silent_after * interval:
+                self._silent(sensor_id, previous, interval, self.silent_after, reading.ts)
+        self._recovery(reading)
 
     def _recovery(self, reading: Reading) -> None:
         key = SILENT + reading.sensor_id
@@ -84,10 +111,12 @@ class Judgement:
             "recovered", "low", f"reporting again after {quiet_s:g} s of silence "
             f"(reported silent at {format_ts(silent['at'])})"))
 
-    def observe(self, reading: Reading, latest: Mapping[str, float | None]) -> None:
+    def observe(self, reading: Reading, latest: Mapping[str, float | None],
+                previous: int | None = None) -> None:
         """Judge each metric of ``reading`` against its baseline, and the fault rules
-        against the sensor's ``latest`` values (this reading merged in)."""
-        self._recovery(reading)
+        against the sensor's ``latest`` values (this reading merged in); ``previous``:
+        the sensor's newest reading time before this one, to find the gap it closes."""
+        self._gap(reading, previous)
         for metric, value in reading.metrics.items():
             if value is None:
                 continue

@@ -120,6 +120,41 @@ async def test_a_silent_sensor_is_reported_and_recovers(make_worker, app_env, bo
     assert recovered["sensor_id"] == "9" and recovered["severity"] == "low"
 
 
+async def test_a_sensor_whose_whole_partition_went_quiet_is_reported_silent_by_the_wall_clock(
+        make_worker, app_env, bootstrap):
+    """Live input every 5 s for 20 min, then nothing at all: no batch moves the
+    partition's event time on, so only the wall clock can tell (issue 19, point 6)."""
+    topic = app_env["SENSORSTREAM_INPUT_TOPICS"]
+    anomalies_topic = app_env["SENSORSTREAM_ANOMALIES_TOPIC"]
+    now = time.time()
+    first = now - 1200
+    docs = [{"sensor_id": "q1", "ts": first + 5 * i, "temperature": 20.0 + (i % 3) * 0.1}
+            for i in range(241)]
+    last = docs[-1]["ts"]
+    worker = make_worker().start()
+    await worker.ready()
+    await produce(bootstrap, topic, [(b"q1", orjson.dumps(d)) for d in docs])
+
+    async def reported(detector: str):
+        records = await read_all(bootstrap, anomalies_topic, deadline=10)
+        found = [orjson.loads(r.value) for r in records]
+        return [e for e in found if e["detector"] == detector] or None
+    (silent,) = await eventually(lambda: reported("silent"), "q1 reported silent", 150,
+                                 interval=2)
+    assert silent["sensor_id"] == "q1"
+    # Timed when the gap passed 3 typical intervals, with the gap's start in the reason.
+    assert parse_time(silent["ts"]) == parse_time(last) + 15_000_000, silent
+    assert silent["reason"] == (f"no reading since {format_ts(parse_time(last))}: over 3 "
+                                f"times its typical interval of 5 s"), silent
+    assert time.time() - last >= 15
+
+    await produce(bootstrap, topic, [(b"q1", orjson.dumps(
+        {"sensor_id": "q1", "ts": time.time(), "temperature": 20.0}))])
+    (recovered,) = await eventually(lambda: reported("recovered"), "q1 recovered", 60,
+                                    interval=1)
+    assert recovered["sensor_id"] == "q1" and recovered["severity"] == "low"
+
+
 async def test_detection_quality_on_a_labelled_stream(make_worker, app_env, bootstrap):
     """The simulator's injected anomalies through the real stack: precision and recall of
     every class at least 0.8, and the same readings again raise nothing new."""
