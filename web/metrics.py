@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from app.main import app
 from app.topics import KAFKA
 from stream.consumer import progress
+from stream.store import open_dbs
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,7 @@ class TableKeys(Collector):
 
 def _open_partitions() -> Iterator[tuple[str, int]]:
     for name, table in list(app.tables.items()):
-        dbs = getattr(table.data, "_dbs", None)  # a RocksDB store: partition -> Rdict
-        for partition in list(dbs or ()):
+        for partition in list(open_dbs(table)):
             yield name, partition
 
 
@@ -210,7 +210,7 @@ async def count_keys(table: Any, partition: int) -> int | None:
     n = 0
     start: bytes | None = None
     while True:
-        db = (getattr(table.data, "_dbs", None) or {}).get(partition)
+        db = open_dbs(table).get(partition)
         if db is None:
             return None
         step = 0
