@@ -37,8 +37,11 @@ test-tools:
 	     chromium chromium-driver; } \
 	  || echo "chromium missing: install the Debian packages chromium and chromium-driver (the dashboard test fails without them)"
 
+## ruff (with SLF001/TID251: Faust's and aiokafka's internals only in stream/) and the
+## layering contracts of pyproject.toml (import-linter).
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 ## Start / stop the local services (broker, PostgreSQL, S3) in the background.
 stack: setup

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 import orjson
-from aiokafka.errors import MessageSizeTooLargeError
 from faust.types import EventT
 
 from app import metrics
@@ -46,6 +45,7 @@ from app.main import app, settings
 from app.topics import KAFKA, by_sensor, dead_letters, readings, sensor_partition
 from stream.consumer import drop_ack
 from stream.guard import SkipGuard
+from stream.kafka import RecordTooLarge
 from stream.transport import records_of
 from tables.daily import UNATTRIBUTED
 
@@ -210,7 +210,7 @@ async def forward(messages: list[Message]) -> None:
         for value in values:
             try:
                 await by_sensor.send(partition=partition, value=value)
-            except MessageSizeTooLargeError:
+            except RecordTooLarge:
                 by_source = by_source or _by_source(messages)
                 await _send_one_by_one(partition, decode_batch(value), by_source, now)
         told.update(news)
@@ -229,7 +229,7 @@ async def _send_one_by_one(partition: int, handover: Handover,
     for item in handover.rows:
         try:
             await by_sensor.send(partition=partition, value=encode_batch([item]))
-        except MessageSizeTooLargeError as exc:
+        except RecordTooLarge as exc:
             await _reject_reading(item, Reason.TOO_LARGE, "the producer refused the "
                                   f"reading's hand-over: {exc}", by_source, dead, now)
     counts = dict(handover.dead_letters)

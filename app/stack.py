@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from app import settings as settings_mod
-from stream.kafka import client_kwargs
+from stream.kafka import client_kwargs, kafka_answers
 
 PG_USER = "sensorstream"
 PG_DATABASE = "sensorstream"
@@ -84,34 +84,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def kafka_answers(bootstrap: str, **security: Any) -> bool:
-    """True when a Kafka-protocol broker answers a metadata request; ``security``: the
-    connection's SASL/TLS options (``stream.kafka.client_kwargs``) for a broker not ours."""
-    import logging
-
-    from aiokafka import AIOKafkaClient
-
-    async def probe() -> bool:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
-                                **security)
-        try:
-            await client.bootstrap()
-            return True
-        except Exception:
-            return False
-        finally:
-            await client.close()
-
-    # A refused connection while the broker starts is expected: not an error to log.
-    aiokafka_log = logging.getLogger("aiokafka")
-    level = aiokafka_log.level
-    aiokafka_log.setLevel(logging.CRITICAL)
-    try:
-        return asyncio.run(probe())
-    finally:
-        aiokafka_log.setLevel(level)
 
 
 def http_answers(url: str) -> bool:

@@ -7,10 +7,17 @@ import at module level: the simulator uses this without starting an app.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from aiokafka.errors import MessageSizeTooLargeError
+
 from app.settings import Settings, refuse_encrypted_key
+
+#: What the producer raises for a record over its maximum request size.
+RecordTooLarge = MessageSizeTooLargeError
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
@@ -63,3 +70,29 @@ def faust_credentials(settings: Settings) -> CredentialsT | None:
     if uses_tls(settings):
         return SSLCredentials(ssl_context(settings))
     return None
+
+
+def kafka_answers(bootstrap: str, **security: Any) -> bool:
+    """True when a Kafka-protocol broker answers a metadata request; ``security``: the
+    connection's SASL/TLS options (``stream.kafka.client_kwargs``) for a broker not ours."""
+    from aiokafka import AIOKafkaClient
+
+    async def probe() -> bool:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000,
+                                **security)
+        try:
+            await client.bootstrap()
+            return True
+        except Exception:
+            return False
+        finally:
+            await client.close()
+
+    # A refused connection while the broker starts is expected: not an error to log.
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(probe())
+    finally:
+        aiokafka_log.setLevel(level)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from prometheus_client import REGISTRY
@@ -25,6 +24,7 @@ from prometheus_client.registry import Collector
 from app.main import app
 from app.topics import KAFKA
 from stream.consumer import progress
+from stream.offsets import LogEnds
 from stream.store import open_dbs
 
 log = logging.getLogger(__name__)
@@ -42,57 +42,7 @@ def _started() -> bool:
 LOG_ENDS_EVERY_S = 2.0
 
 
-class LogEnds:
-    """The log end of each partition this worker consumes, fetched in the background.
-
-    The consumer's own high watermark is only as new as its last fetch of the partition:
-    a partition paused (by the sink watcher, an operator) or held back by a full stream
-    buffer is not fetched, so its high watermark stops while producers go on (the lag
-    showed 12 messages where 1,231 waited). A client of its own fetches every partition
-    at its listed end - 1 and takes the fetch's high watermark, which is right on every
-    broker where ``end_offsets()`` is not (Tansu, FIELD-NOTES).
-    """
-
-    def __init__(self) -> None:
-        self.ends: dict[TP, int] = {}
-        self._client: AIOKafkaConsumer | None = None
-
-    async def refresh(self, partitions: set[TP]) -> None:
-        """Fetch the log end of every partition of ``partitions`` (forgetting others)."""
-        tps = sorted(TopicPartition(tp.topic, tp.partition) for tp in partitions)
-        if not tps:
-            self.ends = {}
-            return
-        if self._client is None:
-            self._client = AIOKafkaConsumer(**KAFKA, enable_auto_commit=False,
-                                            max_partition_fetch_bytes=1024)
-            await self._client.start()
-        client = self._client
-        listed = await client.end_offsets(tps)
-        ends = {TP(tp.topic, tp.partition): end for tp, end in listed.items()}
-        nonempty = [tp for tp, end in listed.items() if end > 0]
-        client.assign(nonempty)
-        for tp in nonempty:
-            client.seek(tp, listed[tp] - 1)
-        pending = set(nonempty)
-        deadline = time.monotonic() + 5.0
-        while pending and time.monotonic() < deadline:
-            await client.getmany(*pending, timeout_ms=200, max_records=1)
-            for tp in list(pending):
-                highwater = client.highwater(tp)
-                if highwater is not None:
-                    ends[TP(tp.topic, tp.partition)] = max(highwater, listed[tp])
-                    pending.discard(tp)
-        client.pause(*nonempty)  # no fetching in the background until the next round
-        self.ends = ends
-
-    async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.stop()
-
-
-log_ends = LogEnds()
+log_ends = LogEnds(KAFKA)
 
 
 def consumer_lag() -> dict[TP, int]:

@@ -29,8 +29,8 @@ import orjson
 import pytest
 
 from app import settings as settings_mod
-from app.stack import kafka_answers, port_open, tansu_binary
-from stream.kafka import client_kwargs
+from app.stack import port_open, tansu_binary
+from stream.kafka import client_kwargs, kafka_answers
 from tests.pki import Pki, make_pki
 
 from .harness import ROOT, accounting, eventually, free_port

@@ -10,7 +10,8 @@ import asyncpg
 import botocore.session
 import pytest
 
-from app.stack import S3_CREDENTIALS, kafka_answers, pid_alive
+from app.stack import S3_CREDENTIALS, pid_alive
+from stream.kafka import kafka_answers
 
 from .harness import ROOT, free_port
 
