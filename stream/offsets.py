@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
-from stream.transport import log_end_offsets
+from stream.transport import fetched_ends, log_end_offsets
 
 
 class GroupLag:
@@ -79,23 +78,9 @@ class LogEnds:
                                             max_partition_fetch_bytes=1024)
             await self._client.start()
         client = self._client
-        listed = await client.end_offsets(tps)
-        ends = {TP(tp.topic, tp.partition): end for tp, end in listed.items()}
-        nonempty = [tp for tp, end in listed.items() if end > 0]
-        client.assign(nonempty)
-        for tp in nonempty:
-            client.seek(tp, listed[tp] - 1)
-        pending = set(nonempty)
-        deadline = time.monotonic() + 5.0
-        while pending and time.monotonic() < deadline:
-            await client.getmany(*pending, timeout_ms=200, max_records=1)
-            for tp in list(pending):
-                highwater = client.highwater(tp)
-                if highwater is not None:
-                    ends[TP(tp.topic, tp.partition)] = max(highwater, listed[tp])
-                    pending.discard(tp)
-        client.pause(*nonempty)  # no fetching in the background until the next round
-        self.ends = ends
+        fetched, _late = await fetched_ends(client, await client.end_offsets(tps), 5.0)
+        client.pause(*client.assignment())  # no fetching in the background until the next round
+        self.ends = {TP(tp.topic, tp.partition): end for tp, end in fetched.items()}
 
     async def close(self) -> None:
         if self._client is not None:

@@ -49,33 +49,43 @@ async def log_end_offsets(bootstrap: str | list[str], listed: Mapping[TopicParti
                           ) -> dict[TopicPartition, int]:
     """The log end of each partition: a fetch's high watermark, never below ``listed``.
     ``security``: the connection's aiokafka options (``security_protocol``, SASL, TLS)."""
-    result = dict(listed)
-    nonempty = [tp for tp, end in listed.items() if end and end > 0]
-    if not nonempty:
-        return result
+    if not any(end and end > 0 for end in listed.values()):
+        return dict(listed)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=1024,
                                 **security)
     await consumer.start()
     try:
-        consumer.assign(nonempty)
-        for tp in nonempty:
-            consumer.seek(tp, listed[tp] - 1)
-        pending = set(nonempty)
-        end = time.monotonic() + deadline
-        while pending and time.monotonic() < end:
-            await consumer.getmany(*pending, timeout_ms=200, max_records=1)
-            for tp in list(pending):
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    result[tp] = max(highwater, listed[tp])
-                    pending.discard(tp)
+        result, pending = await fetched_ends(consumer, listed, deadline)
         if pending:
             log.warning("no high watermark fetched for %s; using the listed end offsets",
                         sorted(map(str, pending)))
     finally:
         await consumer.stop()
     return result
+
+
+async def fetched_ends(consumer: AIOKafkaConsumer, listed: Mapping[TopicPartition, int],
+                       deadline: float) -> tuple[dict[TopicPartition, int], set[TopicPartition]]:
+    """With ``consumer`` (a client of its own, outside any group): each non-empty
+    partition's high watermark from one fetch at its listed end - 1, never below
+    ``listed``; and the partitions whose fetch did not answer within ``deadline`` s (left
+    at ``listed``). The consumer is left assigned to the non-empty partitions."""
+    result = dict(listed)
+    nonempty = [tp for tp, end in listed.items() if end and end > 0]
+    consumer.assign(nonempty)
+    for tp in nonempty:
+        consumer.seek(tp, listed[tp] - 1)
+    pending = set(nonempty)
+    end = time.monotonic() + deadline
+    while pending and time.monotonic() < end:
+        await consumer.getmany(*pending, timeout_ms=200, max_records=1)
+        for tp in list(pending):
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                result[tp] = max(highwater, listed[tp])
+                pending.discard(tp)
+    return result, pending
 
 
 async def _leave_group(coordinator: GroupCoordinator) -> None:
