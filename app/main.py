@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from stream import flush
 from stream import worker as stream_worker
 from stream.consumer import drop_unacked
 from stream.kafka import faust_credentials
+from stream.store import LEDGER, prepare_tables, record_clean_stop
 from stream.transport import faust_broker_url
 from web import guard
 
@@ -33,20 +33,14 @@ def stop_startup(exc: _settings.SettingError) -> None:
     raise SystemExit(2) from None
 
 
-_dropped: list[str] = []
+#: The tables written only through ``stream.store.send_changelog`` (``TableStore``), so
+#: that ``stream.store.LEDGER`` knows whether their stores equal their changelogs after a
+#: stop. Faust's own table writes (the locations table, plugins' tables) are not
+#: followed: those stores are always rebuilt from their changelogs.
+KEPT_ON_CLEAN_STOP = ("state",)
 
-
-def rebuild_tables_from_changelogs(tabledir: Path) -> None:
-    """Start every worker from its tables' changelogs, never from a local store.
-
-    After a crash the local RocksDB files can hold writes that never reached the
-    changelog (they were still in the producer's buffer). The window state is
-    recoverable from any prefix of its changelog (docs/windows.md), not from a store
-    that is ahead of it, so the worker drops the store and Faust recovers the tables.
-    """
-    if tabledir.exists():
-        shutil.rmtree(tabledir)
-        _dropped.append(str(tabledir))
+#: What ``prepare_tables`` did, logged once logging is set up (``report_tables``).
+_prepared: dict[str, Any] = {}
 
 
 class Worker(stream_worker.Worker):
@@ -62,15 +56,22 @@ class Worker(stream_worker.Worker):
         shutdown.arm()
 
     async def on_first_start(self) -> None:
-        rebuild_tables_from_changelogs(self.app.conf.tabledir)
+        _prepared.update(prepare_tables(Path(self.app.conf.tabledir), KEPT_ON_CLEAN_STOP))
         await super().on_first_start()
 
     def on_stop_signal(self, sig: signal.Signals) -> None:
         shutdown.begin(f"signal {sig.name}")
 
     def on_loop_shut_down(self) -> None:
-        """The end of the process within the stop's bound (``Shutdown.exit_now``)."""
+        """A clean stop's mark for the next start (``record_clean_stop``), then the end of
+        the process within the stop's bound (``Shutdown.exit_now``)."""
         if shutdown.started:
+            kept = record_clean_stop(Path(self.app.conf.tabledir), KEPT_ON_CLEAN_STOP)
+            logging.getLogger(__name__).info(
+                "local tables kept for the next start" if kept else
+                "local tables not kept: some writes may not be in the changelogs",
+                extra={"tables": list(KEPT_ON_CLEAN_STOP), "unsent": LEDGER.unsent,
+                       "in_flight": LEDGER.in_flight, "failed": LEDGER.failed})
             shutdown.exit_now()
 
 
@@ -152,11 +153,12 @@ app = App(
 
 
 @app.task
-async def report_rebuild() -> None:
+async def report_tables() -> None:
     """Logged once the worker runs: logging is not set up yet at the first start."""
-    for tabledir in _dropped:
-        logging.getLogger(__name__).info("local tables dropped: rebuilt from their changelogs",
-                                         extra={"tabledir": tabledir})
+    if _prepared:
+        logging.getLogger(__name__).info(
+            "local tables: kept after a clean stop, the others rebuilt from their "
+            "changelogs", extra=_prepared)
 
 
 @app.task

@@ -12,10 +12,53 @@ this worker serves. That needs the store's per-partition RocksDB handles
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+import orjson
 from faust.types import AppT, CollectionT, TableT
+
+
+class Ledger:
+    """Whether every write this process made to a table's local store directly is in its
+    changelog: only then may a stop leave the local stores for the next start
+    (``app.main.prepare_tables``). Counted: stores holding writes not yet handed to the
+    client (``wrote``/``handed``), changelog batches handed but not acknowledged, and
+    batches the broker refused or that were cancelled."""
+
+    def __init__(self) -> None:
+        self.unsent = 0
+        self.in_flight = 0
+        self.failed = 0
+
+    def wrote(self) -> None:
+        """A store's first write not yet in the changelog."""
+        self.unsent += 1
+
+    def handed(self) -> None:
+        """That store's writes are handed to the client."""
+        self.unsent -= 1
+
+    def track(self, sent: Any) -> None:
+        """Follow one changelog batch's future until the broker acknowledges it."""
+        self.in_flight += 1
+        sent.add_done_callback(self._settled)
+
+    def _settled(self, done: Any) -> None:
+        self.in_flight -= 1
+        if done.cancelled() or done.exception() is not None:
+            self.failed += 1
+
+    def all_stored(self) -> bool:
+        return self.unsent == 0 and self.in_flight == 0 and self.failed == 0
+
+
+#: The process's ledger of direct table writes (``send_changelog``).
+LEDGER = Ledger()
 
 
 def partition_db(table: TableT, partition: int) -> Any:
@@ -60,11 +103,12 @@ async def send_changelog(app: AppT, table: TableT, partition: int,
     for key, value in changes:
         if batch.append(key=key, value=value, timestamp=None) is None:
             batch.close()
-            await client.send_batch(batch, topic, partition=partition)
+            LEDGER.track(await client.send_batch(batch, topic, partition=partition))
             batch = client.create_batch()
             batch.append(key=key, value=value, timestamp=None)  # a first always fits
     batch.close()
     last = await client.send_batch(batch, topic, partition=partition)
+    LEDGER.track(last)
     count = batch.record_count()
     last.add_done_callback(lambda done: _persisted(table, done, count))
 
@@ -77,3 +121,68 @@ def _persisted(table: TableT, done: Any, count: int) -> None:
     meta = done.result()
     table.data.set_persisted_offset(  # type: ignore[attr-defined]
         meta.topic_partition, meta.offset + count - 1)
+
+
+#: Written in the table directory at the end of a clean stop: the tables whose local
+#: stores the next start keeps.
+CLEAN_STOP = "clean-stop.json"
+
+
+def prepare_tables(tabledir: Path, keepable: Sequence[str]) -> dict[str, Any]:
+    """Keep the local stores of ``keepable`` tables a clean stop vouched for
+    (``record_clean_stop``); drop every other one, so Faust recovers it from its
+    changelog. Returns what was kept and dropped.
+
+    After a crash the local RocksDB files can hold writes that never reached the
+    changelog (they were still in the producer's buffer). The window state is
+    recoverable from any prefix of its changelog (docs/windows.md), not from a store
+    that is ahead of it, so such a store is dropped. After a clean stop whose every
+    direct write was acknowledged by the broker (``LEDGER``), a store equals its
+    changelog up to its persisted offset: kept, Faust replays only the changelog past
+    it (writes another worker made meanwhile included). The mark is removed before
+    anything is written, so a crash after this start drops the stores again.
+    """
+    marker = tabledir / CLEAN_STOP
+    kept: list[str] = []
+    if marker.exists():
+        try:
+            kept = [t for t in orjson.loads(marker.read_bytes())["tables"] if t in keepable]
+        except (ValueError, KeyError, TypeError):
+            kept = []
+        marker.unlink()
+        _fsync_dir(tabledir)
+    patterns = [re.compile(rf"{re.escape(table)}-\d+\.db") for table in kept]
+    dropped, held = [], []
+    if tabledir.exists():
+        for entry in sorted(tabledir.iterdir()):
+            if any(p.fullmatch(entry.name) for p in patterns):
+                held.append(entry.name)
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            dropped.append(entry.name)
+    return {"tabledir": str(tabledir), "kept": held, "dropped": dropped}
+
+
+def record_clean_stop(tabledir: Path, tables: Sequence[str], ledger: Ledger = LEDGER,
+                      ) -> bool:
+    """Mark the local stores of ``tables`` as the next start's to keep, when every direct
+    write of this process is in the changelogs (``ledger``); returns whether it did."""
+    if not ledger.all_stored() or not tabledir.exists():
+        return False
+    with open(tabledir / CLEAN_STOP, "wb") as out:
+        out.write(orjson.dumps({"tables": list(tables)}))
+        out.flush()
+        os.fsync(out.fileno())
+    _fsync_dir(tabledir)
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

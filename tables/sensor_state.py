@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from faust.types import TableT
 
 from app.main import app, settings
-from stream.store import active_dbs, partition_db, send_changelog
+from stream.store import LEDGER, active_dbs, partition_db, send_changelog
 from stream.store import local_partitions as _local_partitions
 
 # Raw UTF-8 keys: a table key equal to a sensor id (or a location) is partitioned by
@@ -52,11 +52,15 @@ class TableStore:
 
     def put(self, key: str, value: bytes) -> None:
         raw = key.encode()
+        if not self.changes:
+            LEDGER.wrote()
         self._db.put(raw, value)
         self.changes.append((raw, value))
 
     def delete(self, key: str) -> None:
         raw = key.encode()
+        if not self.changes:
+            LEDGER.wrote()
         self._db.delete(raw)
         self.changes.append((raw, None))  # a tombstone: recovery deletes the key
 
@@ -69,6 +73,7 @@ class TableStore:
             return
         await send_changelog(app, self.table, self.partition, self.changes)
         self.changes = []
+        LEDGER.handed()
 
 
 def local_keys(table: TableT, partition: int, start: str = "") -> Iterator[str]:

@@ -8,15 +8,27 @@ last record once (and only if) the last batch is stored.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition
 
 from stream.partitioner import partition_for
-from stream.store import active_dbs, local_partitions, open_dbs, partition_db, send_changelog
+from stream.store import (
+    CLEAN_STOP,
+    Ledger,
+    active_dbs,
+    local_partitions,
+    open_dbs,
+    partition_db,
+    prepare_tables,
+    record_clean_stop,
+    send_changelog,
+)
 
 TOPIC = "app-state-changelog"
 
@@ -124,3 +136,65 @@ def test_partition_for_is_kafkas_default_partitioner():
     for n in (1, 4, 8, 12):
         for key in [str(i).encode() for i in range(1, 60)] + [b"boiler-3", "é-1".encode()]:
             assert partition_for(key, n) == partitioner(key, list(range(n)), list(range(n)))
+
+
+# -- keeping the local stores across a clean stop -----------------------------------------
+
+
+def tabledir_with(tmp_path: Path) -> Path:
+    tabledir = tmp_path / "tables"
+    for name in ("state-0.db", "state-3.db", "locations-0.db", "statement-1.db"):
+        (tabledir / name).mkdir(parents=True)
+        (tabledir / name / "CURRENT").write_text("x")
+    (tabledir / "stray.tmp").write_text("x")
+    return tabledir
+
+
+def test_a_clean_stop_keeps_the_named_stores_and_the_next_start_drops_the_rest(tmp_path):
+    tabledir = tabledir_with(tmp_path)
+    assert record_clean_stop(tabledir, ["state"], Ledger())
+    assert (tabledir / CLEAN_STOP).exists()
+    done = prepare_tables(tabledir, ["state"])
+    assert done["kept"] == ["state-0.db", "state-3.db"]
+    assert sorted(done["dropped"]) == ["locations-0.db", "statement-1.db", "stray.tmp"]
+    assert sorted(p.name for p in tabledir.iterdir()) == ["state-0.db", "state-3.db"]
+    assert not (tabledir / CLEAN_STOP).exists()  # one start only: a crash after it drops
+    assert prepare_tables(tabledir, ["state"])["kept"] == []
+    assert list(tabledir.iterdir()) == []
+
+
+def test_without_the_mark_or_with_a_bad_one_every_store_is_dropped(tmp_path):
+    tabledir = tabledir_with(tmp_path)
+    assert prepare_tables(tabledir, ["state"])["kept"] == []
+    assert list(tabledir.iterdir()) == []
+    tabledir = tabledir_with(tmp_path / "bad")
+    (tabledir / CLEAN_STOP).write_bytes(b"{not json")
+    assert prepare_tables(tabledir, ["state"])["kept"] == []
+    tabledir = tabledir_with(tmp_path / "other")
+    (tabledir / CLEAN_STOP).write_bytes(b'{"tables": ["locations"]}')  # not keepable
+    assert prepare_tables(tabledir, ["state"])["kept"] == []
+    assert prepare_tables(tmp_path / "none", ["state"]) == {
+        "tabledir": str(tmp_path / "none"), "kept": [], "dropped": []}
+
+
+async def test_no_mark_while_a_write_is_unsent_unacknowledged_or_refused(tmp_path):
+    tabledir = tabledir_with(tmp_path)
+    ledger = Ledger()
+    ledger.wrote()
+    assert not record_clean_stop(tabledir, ["state"], ledger)
+    ledger.handed()
+    loop = asyncio.get_running_loop()
+    sent = loop.create_future()
+    ledger.track(sent)
+    assert not record_clean_stop(tabledir, ["state"], ledger)
+    sent.set_exception(KafkaError("refused"))
+    await asyncio.sleep(0)  # the done callback runs
+    assert ledger.in_flight == 0 and ledger.failed == 1
+    assert not record_clean_stop(tabledir, ["state"], ledger)
+    assert not (tabledir / CLEAN_STOP).exists()
+    ok = Ledger()
+    acked = loop.create_future()
+    ok.track(acked)
+    acked.set_result(None)
+    await asyncio.sleep(0)
+    assert record_clean_stop(tabledir, ["state"], ok)
