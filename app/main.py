@@ -157,8 +157,9 @@ async def report_tables() -> None:
     """Logged once the worker runs: logging is not set up yet at the first start."""
     if _prepared:
         logging.getLogger(__name__).info(
-            "local tables: kept after a clean stop, the others rebuilt from their "
-            "changelogs", extra=_prepared)
+            "local tables kept after a clean stop; the others dropped: rebuilt from their "
+            "changelogs" if _prepared["kept"] else
+            "local tables dropped: rebuilt from their changelogs", extra=_prepared)
 
 
 @app.task

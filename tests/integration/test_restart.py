@@ -34,7 +34,8 @@ def log_records(worker) -> list[dict]:
 
 
 def tables_report(worker) -> dict:
-    reports = [r for r in log_records(worker) if r.get("msg", "").startswith("local tables: ")]
+    reports = [r for r in log_records(worker) if r.get("msg", "").startswith(
+        ("local tables dropped:", "local tables kept after a clean stop"))]
     assert reports, worker.log_tail()
     return reports[-1]
 
